@@ -1,0 +1,130 @@
+"""The `Backend` base class: what the pool needs from a broker.
+
+A backend connects, declares the topology of a queue (main, retry, dead-letter), consumes
+with a prefetch limit, publishes with confirms, and settles its own deliveries (it is the
+`Settler` behind every `Message` it creates).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any
+
+from ..message import Message, MessageProperties
+
+__all__ = ["Backend", "Consumer", "Handler", "copy_properties"]
+
+#: Called by a backend for each delivery, one at a time per consumer: the next delivery is
+#: handed over only after the previous call returned (that is the pool's backpressure).
+Handler = Callable[[Message[Any]], Awaitable[None]]
+
+
+class Consumer(abc.ABC):
+    """A running subscription to one queue."""
+
+    queue: str
+
+    @property
+    @abc.abstractmethod
+    def active(self) -> bool:
+        """True while deliveries flow (or can flow) to the handler."""
+
+    @abc.abstractmethod
+    async def cancel(self) -> None:
+        """Stop delivering. Deliveries received but not yet handed to the handler go back
+        to the queue. Must be idempotent."""
+
+
+class Backend(abc.ABC):
+    """Base of `MemoryBackend`, `RabbitMQBackend` and `ResilientBackend`.
+
+    Usable as an async context manager: `async with backend: ...` connects and closes.
+    """
+
+    #: Queues this backend was configured to consume; `WorkerPool.run()` uses them when
+    #: the pool names none.
+    queues: tuple[str, ...] = ()
+
+    async def __aenter__(self) -> Backend:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    @abc.abstractmethod
+    def is_connected(self) -> bool:
+        """True while the backend can consume and publish."""
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Connect. Raises `ConnectionLost` (or `ConfigurationError`) when it cannot.
+        Must be idempotent."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Cancel consumers and close the connection. Must be idempotent."""
+
+    @abc.abstractmethod
+    async def declare(self, queue: str) -> None:
+        """Declare the main, retry and dead-letter topology of `queue`. Idempotent; raises
+        `TopologyConflict` when an existing queue has other arguments."""
+
+    @abc.abstractmethod
+    async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Consumer:
+        """Start delivering messages of `queue` to `handler`, at most `prefetch` unsettled
+        at a time."""
+
+    @abc.abstractmethod
+    async def publish(
+        self,
+        routing_key: str,
+        body: bytes,
+        properties: MessageProperties | None = None,
+        *,
+        exchange: str = "",
+    ) -> None:
+        """Publish a message and wait for the broker's confirm. Raises
+        `PublishNotConfirmed` when it is not confirmed."""
+
+    # -- the Settler protocol, used by Message ------------------------------------------
+
+    @abc.abstractmethod
+    async def ack_message(self, message: Message[Any]) -> None:
+        """Ack a delivery. Never raises: a delivery whose channel died is logged, counted
+        and left to the broker, which redelivers it."""
+
+    @abc.abstractmethod
+    async def nack_message(self, message: Message[Any], *, requeue: bool) -> None:
+        """Nack a delivery. Never raises, as `ack_message`."""
+
+    @abc.abstractmethod
+    async def publish_retry(self, message: Message[Any], *, delay: float) -> None:
+        """Publish a confirmed copy of `message` that is delivered to its queue again after
+        `delay` seconds, with `x-retry-attempt` set to `message.attempt`."""
+
+    @abc.abstractmethod
+    async def publish_dead_letter(self, message: Message[Any], headers: dict[str, Any]) -> None:
+        """Publish a confirmed copy of `message` to its queue's dead-letter queue."""
+
+    def health(self) -> dict[str, Any]:
+        """Connection state for `WorkerPool.health()`; never contains secrets."""
+        return {"type": type(self).__name__, "connected": self.is_connected}
+
+
+def copy_properties(message: Message[Any], headers: dict[str, Any]) -> MessageProperties:
+    """Properties of a copy foxwork publishes (retry or dead letter): the originals, the
+    message id made explicit (so the copy keeps the message's identity), new headers, and
+    no expiration (a copy must not expire in `Q-dlq` or a retry queue)."""
+    return dataclasses.replace(
+        message.properties, message_id=message.id, headers=headers, expiration=None
+    )

@@ -1,0 +1,345 @@
+"""`MemoryBackend`: an in-process broker with RabbitMQ's retry and dead-letter semantics.
+
+Real product code, not a test helper: the embedded demo runs on it, and so can an
+application's own tests. It keeps the observable behaviour of the RabbitMQ topology:
+a retried copy comes back to its queue after the delay tier with `x-retry-attempt`, a dead
+letter lands in `Q-dlq` with the diagnostic headers, a nack with requeue redelivers with
+`redelivered=True`, and at most `prefetch` deliveries per consumer are unsettled at a time.
+Nothing survives the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import itertools
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from .. import codec, wire
+from ..errors import ConfigurationError, ConnectionLost, PublishNotConfirmed
+from ..message import Message, MessageProperties
+from .base import Backend, Consumer, Handler, copy_properties
+
+__all__ = ["MemoryBackend", "StoredMessage"]
+
+logger = logging.getLogger("foxwork.backends.memory")
+
+
+@dataclasses.dataclass
+class StoredMessage:
+    """A message sitting in a memory queue."""
+
+    body: bytes
+    properties: MessageProperties
+    routing_key: str
+    exchange: str = ""
+    redelivered: bool = False
+
+    @property
+    def headers(self) -> Mapping[str, Any]:
+        return self.properties.headers
+
+
+class _Queue:
+    __slots__ = ("changed", "delayed", "messages", "name", "unacked")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.messages: collections.deque[StoredMessage] = collections.deque()
+        self.unacked = 0
+        self.delayed = 0
+        # Pulsed on every change; consumers and join() wait on it.
+        self.changed = asyncio.Event()
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    @property
+    def idle(self) -> bool:
+        return not self.messages and not self.unacked and not self.delayed
+
+
+class _MemoryConsumer(Consumer):
+    def __init__(self, backend: MemoryBackend, queue: _Queue, handler: Handler, prefetch: int):
+        self.queue = queue.name
+        self._backend = backend
+        self._queue = queue
+        self._handler = handler
+        self._prefetch = prefetch
+        self.unacked = 0
+        self._task = asyncio.create_task(self._intake(), name=f"foxwork-memory-{queue.name}")
+
+    @property
+    def active(self) -> bool:
+        return not self._task.done()
+
+    async def _intake(self) -> None:
+        queue = self._queue
+        while True:
+            if not queue.messages or self.unacked >= self._prefetch:
+                await queue.changed.wait()
+                continue
+            stored = queue.messages.popleft()
+            message = self._backend._deliver(stored, queue, self)
+            try:
+                await self._handler(message)
+            except asyncio.CancelledError:
+                if message.worker is None and not message.settled:
+                    # Taken from the queue but never handed over: it goes back.
+                    self._backend._requeue(message)
+                raise
+
+    async def cancel(self) -> None:
+        if self._task.done():
+            return
+        self._task.cancel()
+        await asyncio.wait([self._task])
+
+
+class MemoryBackend(Backend):
+    """An in-process broker for tests, demos and development.
+
+    Args:
+        queues: queues to create now (others are created by `declare()` or `add_message()`).
+        max_body_size: bodies larger than this (bytes) are dead-lettered unread.
+
+    Example:
+        backend = MemoryBackend()
+        await backend.add_message("orders", {"sku": "A-1", "qty": 2})
+        pool = WorkerPool(workers=[OrderWorker()], queues=["orders"])
+        await pool.start(backend)
+        await backend.join("orders", timeout=5)
+        print(backend.dead_letters("orders"))
+    """
+
+    def __init__(
+        self,
+        *,
+        queues: tuple[str, ...] | list[str] = (),
+        max_body_size: int = wire.DEFAULT_MAX_BODY_SIZE,
+    ) -> None:
+        if max_body_size < 1:
+            raise ConfigurationError(f"max_body_size={max_body_size} must be at least 1 byte")
+        self.queues = tuple(queues)
+        self.max_body_size = max_body_size
+        self._queues: dict[str, _Queue] = {}
+        self._deliveries: dict[int, tuple[_Queue, _MemoryConsumer, StoredMessage]] = {}
+        self._tags = itertools.count(1)
+        self._consumers: list[_MemoryConsumer] = []
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._connected = False
+        #: Copies published for a retry, per queue (a test and demo convenience).
+        self.retried: collections.Counter[str] = collections.Counter()
+        for name in queues:
+            self._queue(name)
+
+    def __repr__(self) -> str:
+        return f"<MemoryBackend queues={sorted(self._queues)} connected={self._connected}>"
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected
+
+    async def connect(self) -> None:
+        self._connected = True
+
+    async def close(self) -> None:
+        for consumer in self._consumers:
+            await consumer.cancel()
+        self._consumers.clear()
+        # As on a closed AMQP channel, unsettled deliveries go back to their queues.
+        for queue, _consumer, stored in self._deliveries.values():
+            queue.unacked -= 1
+            stored.redelivered = True
+            queue.messages.appendleft(stored)
+            queue.notify()
+        self._deliveries.clear()
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        self._connected = False
+
+    def _queue(self, name: str) -> _Queue:
+        queue = self._queues.get(name)
+        if queue is None:
+            queue = self._queues[name] = _Queue(name)
+        return queue
+
+    async def declare(self, queue: str) -> None:
+        self._queue(queue)
+        self._queue(wire.dead_letter_queue_name(queue))
+
+    async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Consumer:
+        self._require_connection()
+        consumer = _MemoryConsumer(self, self._queue(queue), handler, prefetch)
+        self._consumers.append(consumer)
+        return consumer
+
+    def _require_connection(self) -> None:
+        if not self._connected:
+            raise ConnectionLost("MemoryBackend is not connected: call connect() first")
+
+    # -- publishing ------------------------------------------------------------------
+
+    async def publish(
+        self,
+        routing_key: str,
+        body: bytes,
+        properties: MessageProperties | None = None,
+        *,
+        exchange: str = "",
+    ) -> None:
+        self._require_connection()
+        self._put(routing_key, body, properties, exchange)
+
+    def _put(
+        self, routing_key: str, body: bytes, properties: MessageProperties | None, exchange: str
+    ) -> None:
+        queue = self._queues.get(routing_key)
+        if exchange or queue is None:
+            # Only the default exchange exists here; like a mandatory publish to RabbitMQ,
+            # an unroutable message is not confirmed.
+            raise PublishNotConfirmed(
+                f"unroutable: no queue {routing_key!r} on exchange {exchange!r}"
+            )
+        queue.messages.append(
+            StoredMessage(body, properties or MessageProperties(), routing_key, exchange)
+        )
+        queue.notify()
+
+    async def add_message(
+        self, queue: str, payload: Any, properties: MessageProperties | None = None
+    ) -> None:
+        """Encode `payload` (JSON for objects, bytes and str as they are) and enqueue it."""
+        body, content_type = codec.encode(payload)
+        props = properties or MessageProperties()
+        if props.content_type is None:
+            props = props.with_content_type(content_type)
+        await self.enqueue_with_properties(queue, body, props)
+
+    async def enqueue_with_properties(
+        self, queue: str, body: bytes, properties: MessageProperties
+    ) -> None:
+        """Enqueue a raw body with exactly these properties (creating the queue). Works
+        before `connect()`, to preload queues."""
+        self._queue(queue)
+        self._put(queue, body, properties, "")
+
+    async def publish_retry(self, message: Message[Any], *, delay: float) -> None:
+        self._require_connection()
+        queue = self._queue(message.queue)
+        stored = StoredMessage(
+            message.body,
+            copy_properties(message, wire.retry_headers(message.headers, message.attempt)),
+            message.queue,
+        )
+        queue.delayed += 1
+        self.retried[message.queue] += 1
+        loop = asyncio.get_running_loop()
+        seconds = wire.delay_tier_ms(delay) / 1000
+
+        def due() -> None:
+            self._timers.discard(timer)
+            queue.delayed -= 1
+            queue.messages.append(stored)
+            queue.notify()
+
+        timer = loop.call_later(seconds, due)
+        self._timers.add(timer)
+
+    async def publish_dead_letter(self, message: Message[Any], headers: dict[str, Any]) -> None:
+        self._require_connection()
+        dlq = self._queue(wire.dead_letter_queue_name(message.queue))
+        dlq.messages.append(
+            StoredMessage(message.body, copy_properties(message, headers), dlq.name)
+        )
+        dlq.notify()
+
+    # -- settlement ------------------------------------------------------------------
+
+    def _deliver(
+        self, stored: StoredMessage, queue: _Queue, consumer: _MemoryConsumer
+    ) -> Message[Any]:
+        tag = next(self._tags)
+        queue.unacked += 1
+        consumer.unacked += 1
+        self._deliveries[tag] = (queue, consumer, stored)
+        return Message(
+            stored.body,
+            settler=self,
+            properties=stored.properties,
+            queue=queue.name,
+            routing_key=stored.routing_key,
+            exchange=stored.exchange,
+            redelivered=stored.redelivered,
+            delivery_tag=tag,
+            max_body_size=self.max_body_size,
+        )
+
+    def _settle(self, message: Message[Any]) -> StoredMessage | None:
+        entry = self._deliveries.pop(message.delivery_tag, None)
+        if entry is None:
+            logger.info(
+                "delivery %d of message %s is gone; not settled", message.delivery_tag, message.id
+            )
+            return None
+        queue, consumer, stored = entry
+        queue.unacked -= 1
+        consumer.unacked -= 1
+        queue.notify()
+        return stored
+
+    def _requeue(self, message: Message[Any]) -> None:
+        stored = self._settle(message)
+        if stored is not None:
+            stored.redelivered = True
+            queue = self._queue(message.queue)
+            queue.messages.appendleft(stored)
+            queue.notify()
+
+    async def ack_message(self, message: Message[Any]) -> None:
+        self._settle(message)
+
+    async def nack_message(self, message: Message[Any], *, requeue: bool) -> None:
+        if requeue:
+            self._requeue(message)
+        else:
+            self._settle(message)
+
+    # -- inspection (tests, demo, tooling) -------------------------------------------
+
+    def messages(self, queue: str) -> list[StoredMessage]:
+        """The messages waiting in `queue` (not the unacked or delayed ones)."""
+        return list(self._queue(queue).messages)
+
+    def dead_letters(self, queue: str) -> list[StoredMessage]:
+        """The dead letters of `queue` (the contents of `Q-dlq`)."""
+        return self.messages(wire.dead_letter_queue_name(queue))
+
+    def depth(self, queue: str) -> int:
+        """Messages waiting + unacked + delayed for `queue`."""
+        q = self._queue(queue)
+        return len(q.messages) + q.unacked + q.delayed
+
+    async def join(self, queue: str, *, timeout: float | None = None) -> None:
+        """Wait until `queue` is empty, nothing is unacked and no retry is pending.
+
+        Raises:
+            TimeoutError: still busy after `timeout` seconds; the message says how busy.
+        """
+        q = self._queue(queue)
+        try:
+            async with asyncio.timeout(timeout):
+                while not q.idle:
+                    await q.changed.wait()
+        except TimeoutError:
+            raise TimeoutError(
+                f"queue {queue!r} not drained after {timeout} s: {len(q.messages)} ready, "
+                f"{q.unacked} unacked, {q.delayed} delayed"
+            ) from None

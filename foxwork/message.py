@@ -1,0 +1,333 @@
+"""One delivery (`Message`) and its AMQP properties (`MessageProperties`).
+
+A `Message` settles itself exactly once. The first of `ack()`, `nack()`, `reject()`,
+`retry()` or `dead_letter()` wins; any later call logs a warning and does nothing, so a
+double settlement can never close the channel with a second ack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+from . import codec, wire
+from .errors import PoisonMessage, PublishNotConfirmed
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+__all__ = ["Message", "MessageProperties", "SettleState", "Settler"]
+
+logger = logging.getLogger("foxwork.message")
+
+P = TypeVar("P")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MessageProperties:
+    """AMQP basic properties of a message. Immutable; the `with_*` methods return copies.
+
+    Example:
+        props = MessageProperties().with_content_type("application/json").with_priority(5)
+    """
+
+    content_type: str | None = None
+    content_encoding: str | None = None
+    priority: int | None = None
+    expiration: str | None = None
+    message_type: str | None = None
+    user_id: str | None = None
+    app_id: str | None = None
+    cluster_id: str | None = None
+    reply_to: str | None = None
+    correlation_id: str | None = None
+    message_id: str | None = None
+    timestamp: datetime | None = None
+    headers: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: 2 = persistent (survives a broker restart), 1 = transient.
+    delivery_mode: int = 2
+
+    def with_content_type(self, value: str | None) -> MessageProperties:
+        return dataclasses.replace(self, content_type=value)
+
+    def with_content_encoding(self, value: str | None) -> MessageProperties:
+        return dataclasses.replace(self, content_encoding=value)
+
+    def with_priority(self, value: int | None) -> MessageProperties:
+        return dataclasses.replace(self, priority=value)
+
+    def with_expiration(self, value: str | None) -> MessageProperties:
+        return dataclasses.replace(self, expiration=value)
+
+    def with_message_type(self, value: str | None) -> MessageProperties:
+        return dataclasses.replace(self, message_type=value)
+
+    def with_user_id(self, value: str | None) -> MessageProperties:
+        return dataclasses.replace(self, user_id=value)
+
+    def with_app_id(self, value: str | None) -> MessageProperties:
+        return dataclasses.replace(self, app_id=value)
+
+    def with_cluster_id(self, value: str | None) -> MessageProperties:
+        return dataclasses.replace(self, cluster_id=value)
+
+    def with_reply_to(self, value: str | None) -> MessageProperties:
+        return dataclasses.replace(self, reply_to=value)
+
+    def with_correlation_id(self, value: str | None) -> MessageProperties:
+        return dataclasses.replace(self, correlation_id=value)
+
+    def with_message_id(self, value: str | None) -> MessageProperties:
+        return dataclasses.replace(self, message_id=value)
+
+    def with_timestamp(self, value: datetime | None) -> MessageProperties:
+        return dataclasses.replace(self, timestamp=value)
+
+    def with_headers(self, value: Mapping[str, Any]) -> MessageProperties:
+        return dataclasses.replace(self, headers=dict(value))
+
+    def with_header(self, key: str, value: Any) -> MessageProperties:
+        return dataclasses.replace(self, headers={**self.headers, key: value})
+
+    def with_delivery_mode(self, value: int) -> MessageProperties:
+        return dataclasses.replace(self, delivery_mode=value)
+
+
+class SettleState(enum.Enum):
+    """Where a delivery stands. Every state but PENDING is final."""
+
+    PENDING = "pending"
+    """Not settled yet."""
+    ACKED = "acked"
+    """Acknowledged: processed, dropped, or a duplicate."""
+    REQUEUED = "requeued"
+    """Negatively acknowledged with requeue: the broker delivers it again."""
+    REJECTED = "rejected"
+    """Negatively acknowledged without requeue: the broker discards or dead-letters it."""
+    RETRIED = "retried"
+    """A copy went to the retry exchange (confirmed), then the original was acked."""
+    DEAD_LETTERED = "dead_lettered"
+    """A copy went to the dead-letter queue (confirmed), then the original was acked."""
+
+
+class Settler(Protocol):
+    """What a backend provides to settle its deliveries. Implemented by every `Backend`.
+
+    Each method is called at most once per message, by the message itself. Settling a
+    delivery whose channel has died must not raise: log it, count it, return.
+    """
+
+    async def ack_message(self, message: Message[Any]) -> None: ...
+
+    async def nack_message(self, message: Message[Any], *, requeue: bool) -> None: ...
+
+    async def publish_retry(self, message: Message[Any], *, delay: float) -> None:
+        """Publish a copy for a retry after `delay` seconds, confirmed, with
+        `x-retry-attempt` = `message.attempt`. Raises `PublishNotConfirmed` on failure."""
+
+    async def publish_dead_letter(self, message: Message[Any], headers: dict[str, Any]) -> None:
+        """Publish a copy to the dead-letter queue, confirmed, with these headers.
+        Raises `PublishNotConfirmed` on failure."""
+
+
+_UNSET: Any = object()
+
+
+class Message(Generic[P]):
+    """One delivery of a message from a queue.
+
+    Attributes:
+        id: the AMQP `message_id`; a generated one when the publisher set none (copies
+            foxwork publishes carry it, so a message keeps its id across retries).
+        body: the raw body.
+        properties: the AMQP properties.
+        headers: the AMQP headers (the same mapping as `properties.headers`).
+        attempt: 1 on the first delivery; `x-retry-attempt` + 1 on a retried copy.
+        queue: the queue it was consumed from.
+        routing_key: the routing key it was published with.
+        exchange: the exchange it was published to ("" for the default exchange).
+        redelivered: the broker delivered it before (a connection died before settlement).
+        delivery_count: for quorum queues, how often the broker delivered it before.
+        poison: why the message is unprocessable before any code looks at it, or None.
+        worker_id: the worker the pool picked for it (set at dispatch).
+    """
+
+    __slots__ = (
+        "_payload",
+        "_settler",
+        "_state",
+        "attempt",
+        "body",
+        "delivery_count",
+        "delivery_tag",
+        "exchange",
+        "headers",
+        "id",
+        "poison",
+        "properties",
+        "queue",
+        "redelivered",
+        "routing_key",
+        "worker",
+        "worker_id",
+    )
+
+    def __init__(
+        self,
+        body: bytes,
+        *,
+        settler: Settler,
+        properties: MessageProperties | None = None,
+        queue: str = "",
+        routing_key: str | None = None,
+        exchange: str = "",
+        redelivered: bool = False,
+        delivery_tag: int = 0,
+        delivery_count: int = 0,
+        max_body_size: int = wire.DEFAULT_MAX_BODY_SIZE,
+    ) -> None:
+        props = properties or MessageProperties()
+        self.body = body
+        self.properties = props
+        self.headers: Mapping[str, Any] = props.headers
+        self.queue = queue
+        self.routing_key = queue if routing_key is None else routing_key
+        self.exchange = exchange
+        self.redelivered = redelivered
+        self.delivery_tag = delivery_tag
+        self.delivery_count = delivery_count
+        self.id: str = props.message_id or uuid.uuid4().hex
+        self.poison: str | None = None
+        self.worker: Worker[Any] | None = None
+        self.worker_id: str | None = None
+        self._settler = settler
+        self._state = SettleState.PENDING
+        self._payload: Any = _UNSET
+        try:
+            self.attempt = wire.parse_retry_attempt(props.headers) + 1
+        except PoisonMessage as exc:
+            self.attempt = 1
+            self.poison = str(exc)
+        if len(body) > max_body_size:
+            self.poison = (
+                f"body of {len(body)} bytes exceeds max_body_size of {max_body_size} bytes"
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"<Message id={self.id!r} queue={self.queue!r} attempt={self.attempt} "
+            f"state={self._state.value}>"
+        )
+
+    @property
+    def payload(self) -> P:
+        """The decoded body: the worker's payload model if it has one, else JSON → objects,
+        text → str, anything else bytes.
+
+        Raises:
+            PoisonMessage: the body cannot be decoded.
+        """
+        if self._payload is _UNSET:
+            self._payload = codec.decode(
+                self.body, self.properties.content_type, self.properties.content_encoding
+            )
+        payload: P = self._payload
+        return payload
+
+    @payload.setter
+    def payload(self, value: P) -> None:
+        self._payload = value
+
+    @property
+    def state(self) -> SettleState:
+        """How the message was settled, or PENDING."""
+        return self._state
+
+    @property
+    def settled(self) -> bool:
+        """True once any settlement happened."""
+        return self._state is not SettleState.PENDING
+
+    def _claim(self, new: SettleState, action: str) -> bool:
+        # The state flips before the broker call is awaited, so two concurrent settlements
+        # cannot both reach the broker.
+        if self._state is not SettleState.PENDING:
+            logger.warning(
+                "ignoring %s of message %s: already settled (%s)",
+                action,
+                self.id,
+                self._state.value,
+            )
+            return False
+        self._state = new
+        return True
+
+    async def ack(self) -> None:
+        """Acknowledge: the broker forgets the message."""
+        if self._claim(SettleState.ACKED, "ack"):
+            await self._settler.ack_message(self)
+
+    async def nack(self, *, requeue: bool = True) -> None:
+        """Negatively acknowledge; with `requeue` the broker delivers it again."""
+        state = SettleState.REQUEUED if requeue else SettleState.REJECTED
+        if self._claim(state, "nack"):
+            await self._settler.nack_message(self, requeue=requeue)
+
+    async def reject(self) -> None:
+        """Reject without requeue: the broker discards it, or dead-letters it through the
+        queue's dead-letter exchange."""
+        await self.nack(requeue=False)
+
+    async def retry(self, delay: float) -> bool:
+        """Publish a copy that comes back after `delay` seconds, then ack this delivery.
+
+        The copy is confirmed before the original is acked: nothing is lost in between. If
+        the copy cannot be confirmed, the original is requeued instead.
+
+        Returns:
+            True when the copy was confirmed, False when the original was requeued.
+        """
+        if not self._claim(SettleState.RETRIED, "retry"):
+            return False
+        return await self._republish(self._settler.publish_retry(self, delay=delay))
+
+    async def dead_letter(
+        self, reason: BaseException | str, *, final_attempt: int | None = None
+    ) -> bool:
+        """Publish a copy to the dead-letter queue with the diagnostic headers, then ack.
+
+        Returns:
+            True when the copy was confirmed, False when the original was requeued.
+        """
+        if not self._claim(SettleState.DEAD_LETTERED, "dead_letter"):
+            return False
+        headers = wire.dead_letter_headers(
+            self.headers,
+            routing_key=self.routing_key,
+            exchange=self.exchange,
+            queue=self.queue,
+            reason=reason,
+            final_attempt=self.attempt if final_attempt is None else final_attempt,
+        )
+        return await self._republish(self._settler.publish_dead_letter(self, headers))
+
+    async def _republish(self, publish: Any) -> bool:
+        try:
+            await publish
+        except PublishNotConfirmed as exc:
+            logger.warning("message %s goes back to its queue: %s", self.id, exc)
+            self._state = SettleState.REQUEUED
+            await self._settler.nack_message(self, requeue=True)
+            return False
+        except BaseException:
+            # Cancelled mid-publish (shutdown): the original is still unacked, and settling
+            # is left to whoever cancelled us.
+            self._state = SettleState.PENDING
+            raise
+        await self._settler.ack_message(self)
+        return True

@@ -1,0 +1,184 @@
+"""`RetryMiddleware`: failed messages come back later through a TTL retry queue, then DLQ."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+from typing import Any
+
+from tenacity import RetryCallState, wait_exponential
+
+from ..errors import ConfigurationError, DeadLetter, Drop, RetryLater
+from ..message import Message
+from .base import CallNext
+
+__all__ = ["RetryMiddleware"]
+
+logger = logging.getLogger("foxwork.retry")
+
+#: Total deliveries of a message, the first included.
+DEFAULT_MAX_ATTEMPTS = 5
+#: Seconds before the first retry.
+DEFAULT_INITIAL_BACKOFF = 1.0
+#: Longest delay between two attempts, in seconds.
+DEFAULT_MAX_BACKOFF = 300.0
+#: Each retry waits this many times longer than the one before.
+DEFAULT_BACKOFF_MULTIPLIER = 2.0
+#: Random spread of each delay, as a fraction of it (0.1 = ±10 %).
+DEFAULT_JITTER = 0.1
+#: Deliveries of one message that ended without settlement (a crash loop) before it is
+#: dead-lettered; see `max_redeliveries`.
+DEFAULT_MAX_REDELIVERIES = 5
+#: Message ids remembered for counting unsettled redeliveries on classic queues.
+_REDELIVERY_MEMORY = 10_000
+
+
+class RetryMiddleware:
+    """Retry failed messages with exponential backoff on the broker, then dead-letter them.
+
+    On a failure the message is republished (confirmed) to `Q-retry_exchange` with
+    `x-retry-attempt` set to the number of failed attempts, and acked; the broker holds the
+    copy in the retry queue of its delay tier and then dead-letters it back to `Q`. After
+    `max_attempts` deliveries it goes to `Q-dlq` with the diagnostic headers. The failure is
+    re-raised after settling, so outer layers (circuit breaker, metrics) still see it.
+
+    `RetryLater(delay)` uses its own delay; `DeadLetter` and poison messages skip the
+    retries; `Drop` passes through.
+
+    Crash loops (the process dies before it settles) are the broker's to see: on quorum
+    queues the broker's delivery limit dead-letters the message. On classic queues this
+    middleware counts the redeliveries it sees per message id (in this process) and
+    dead-letters a message once it has been redelivered `max_redeliveries` times.
+
+    Args:
+        max_attempts: total deliveries, the first included (1 = never retry).
+        initial_backoff: seconds before the first retry.
+        max_backoff: the longest delay, in seconds.
+        backoff_multiplier: growth of the delay per attempt.
+        jitter: random spread as a fraction of the delay, 0 to 1.
+        max_redeliveries: unsettled redeliveries seen before dead-lettering (classic
+            queues); None disables the count.
+
+    Example:
+        RetryMiddleware(max_attempts=5, initial_backoff=1.0, max_backoff=60.0)
+        # delays: 1 s, 2 s, 4 s, 8 s (±10 %), then Q-dlq
+    """
+
+    def __init__(
+        self,
+        *,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        initial_backoff: float = DEFAULT_INITIAL_BACKOFF,
+        max_backoff: float = DEFAULT_MAX_BACKOFF,
+        backoff_multiplier: float = DEFAULT_BACKOFF_MULTIPLIER,
+        jitter: float = DEFAULT_JITTER,
+        max_redeliveries: int | None = DEFAULT_MAX_REDELIVERIES,
+    ) -> None:
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ConfigurationError(
+                f"max_attempts={max_attempts!r} must be an int of at least 1 "
+                "(the total number of deliveries, the first included)"
+            )
+        if initial_backoff < 0:
+            raise ConfigurationError(f"initial_backoff={initial_backoff!r} must be >= 0 seconds")
+        if max_backoff < initial_backoff:
+            raise ConfigurationError(
+                f"max_backoff={max_backoff!r} must be >= initial_backoff={initial_backoff!r}"
+            )
+        if backoff_multiplier < 1:
+            raise ConfigurationError(
+                f"backoff_multiplier={backoff_multiplier!r} must be >= 1 (1 = constant delay)"
+            )
+        if not 0 <= jitter <= 1:
+            raise ConfigurationError(
+                f"jitter={jitter!r} must be a fraction between 0 and 1 (0.1 = ±10 %)"
+            )
+        if max_redeliveries is not None and max_redeliveries < 1:
+            raise ConfigurationError(
+                f"max_redeliveries={max_redeliveries!r} must be at least 1, or None"
+            )
+        self.max_attempts = max_attempts
+        self.initial_backoff = initial_backoff
+        self.max_backoff = max_backoff
+        self.backoff_multiplier = backoff_multiplier
+        self.jitter = jitter
+        self.max_redeliveries = max_redeliveries
+        self._wait = wait_exponential(
+            multiplier=initial_backoff, exp_base=backoff_multiplier, max=max_backoff
+        )
+        # Shared on purpose across messages: redeliveries seen per message id.
+        self._redeliveries: collections.OrderedDict[str, int] = collections.OrderedDict()
+
+    def __repr__(self) -> str:
+        return (
+            f"RetryMiddleware(max_attempts={self.max_attempts}, "
+            f"initial_backoff={self.initial_backoff}, max_backoff={self.max_backoff}, "
+            f"backoff_multiplier={self.backoff_multiplier}, jitter={self.jitter})"
+        )
+
+    def backoff(self, failed_attempts: int) -> float:
+        """The delay in seconds after `failed_attempts` failures, jitter included."""
+        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+        state.attempt_number = failed_attempts
+        delay = float(self._wait(state))
+        if self.jitter:
+            delay *= 1 + random.uniform(-self.jitter, self.jitter)
+        return min(max(delay, 0.0), self.max_backoff)
+
+    def _crash_looping(self, message: Message[Any]) -> str | None:
+        limit = self.max_redeliveries
+        if limit is None or not message.redelivered:
+            return None
+        if message.delivery_count:
+            seen = message.delivery_count
+        else:
+            seen = self._redeliveries.pop(message.id, 0) + 1
+            self._redeliveries[message.id] = seen
+            if len(self._redeliveries) > _REDELIVERY_MEMORY:
+                self._redeliveries.popitem(last=False)
+        if seen < limit:
+            return None
+        return (
+            f"redelivered {seen} times without being settled (max_redeliveries={limit}): "
+            "the worker process probably crashes on this message"
+        )
+
+    async def __call__(self, message: Message[Any], call_next: CallNext) -> None:
+        crash_loop = self._crash_looping(message)
+        if crash_loop is not None:
+            await message.dead_letter(DeadLetter(crash_loop))
+            raise DeadLetter(crash_loop)
+        try:
+            await call_next(message)
+        except Drop:
+            raise
+        except DeadLetter as exc:
+            if not message.settled:
+                await message.dead_letter(exc)
+            raise
+        except Exception as exc:
+            if message.settled:
+                raise
+            if message.attempt >= self.max_attempts:
+                logger.info(
+                    "message %s failed attempt %d of %d; dead-lettering",
+                    message.id,
+                    message.attempt,
+                    self.max_attempts,
+                )
+                await message.dead_letter(exc)
+            else:
+                delay = exc.delay if isinstance(exc, RetryLater) else self.backoff(message.attempt)
+                logger.info(
+                    "message %s failed attempt %d of %d; retrying in %.3g s",
+                    message.id,
+                    message.attempt,
+                    self.max_attempts,
+                    delay,
+                )
+                await message.retry(delay)
+            raise
+        else:
+            if message.redelivered and self._redeliveries:
+                self._redeliveries.pop(message.id, None)

@@ -1,0 +1,166 @@
+"""The wire format on RabbitMQ: names, header keys and conversions.
+
+Other tools read these names, so they live here and nowhere else. For a queue `Q`:
+
+- `Q`                   the main queue (classic or quorum, durable)
+- `Q-retry_exchange`    direct exchange that failed messages are published to
+- `Q-retry-<ms>ms`      one retry queue per delay tier, with a queue-level TTL of <ms>;
+                        expired messages are dead-lettered back to `Q` through the default
+                        exchange. A queue per delay means a short delay never waits behind
+                        a long one (per-message TTL only expires at the head of a queue).
+- `Q-dlq`               dead letters, durable
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from .errors import PoisonMessage
+
+#: Header on every retried copy: how many attempts have failed so far.
+RETRY_ATTEMPT = "x-retry-attempt"
+#: Routing key the original delivery carried.
+ORIGINAL_ROUTING_KEY = "x-original-routing-key"
+#: Exchange the original delivery came through; "" for the default exchange.
+ORIGINAL_EXCHANGE = "x-original-exchange"
+#: Queue the message was consumed from.
+ORIGINAL_QUEUE = "x-original-queue"
+#: Why the message was dead-lettered, cut to `MAX_FAILURE_REASON` characters.
+FAILURE_REASON = "x-failure-reason"
+#: Qualified class name (`module.ClassName`) of the exception that ended the message.
+EXCEPTION_TYPE = "x-exception-type"
+#: The attempt number that failed last.
+FINAL_ATTEMPT = "x-final-attempt"
+#: When the message was dead-lettered, ISO 8601 in UTC.
+FAILED_AT = "x-failed-at"
+
+#: The headers foxwork sets on a dead letter, in the order DESIGN.md lists them.
+DEAD_LETTER_HEADERS = (
+    ORIGINAL_ROUTING_KEY,
+    ORIGINAL_EXCHANGE,
+    ORIGINAL_QUEUE,
+    FAILURE_REASON,
+    EXCEPTION_TYPE,
+    FINAL_ATTEMPT,
+    FAILED_AT,
+)
+
+#: Longest `x-failure-reason`, in characters.
+MAX_FAILURE_REASON = 1024
+#: Bodies larger than this are dead-lettered unread (bytes; 8 MiB).
+DEFAULT_MAX_BODY_SIZE = 8 * 1024 * 1024
+#: Largest `x-retry-attempt` accepted; larger values are poison (no real message fails so often).
+MAX_RETRY_ATTEMPT = 1_000_000
+
+
+def retry_exchange_name(queue: str) -> str:
+    """Name of the exchange that failed messages of `queue` are published to."""
+    return f"{queue}-retry_exchange"
+
+
+def retry_queue_prefix(queue: str) -> str:
+    """Every retry queue of `queue` starts with this."""
+    return f"{queue}-retry"
+
+
+def retry_queue_name(queue: str, delay_ms: int) -> str:
+    """Name of the retry queue holding messages of `queue` for `delay_ms` milliseconds."""
+    return f"{queue}-retry-{delay_ms}ms"
+
+
+def dead_letter_queue_name(queue: str) -> str:
+    """Name of the dead-letter queue of `queue`."""
+    return f"{queue}-dlq"
+
+
+def seconds_to_ms(seconds: float) -> int:
+    """Seconds (the public unit) to whole milliseconds (the TTL unit on the wire)."""
+    return max(0, round(seconds * 1000))
+
+
+def delay_tier_ms(seconds: float) -> int:
+    """The retry tier for a delay: milliseconds rounded to two significant digits.
+
+    Tiers bound how many retry queues exist (about 90 per decade of delays) while keeping
+    every delay within 5 % of what was asked. Delays below 100 ms round to 10 ms steps.
+
+    >>> delay_tier_ms(1.234), delay_tier_ms(37.4), delay_tier_ms(0.05)
+    (1200, 37000, 50)
+    """
+    ms = seconds_to_ms(seconds)
+    if ms < 100:
+        return max(10, round(ms, -1))
+    digits = math.floor(math.log10(ms)) - 1
+    return int(round(ms, -digits))
+
+
+def parse_retry_attempt(headers: Mapping[str, Any]) -> int:
+    """How many attempts already failed, read from `x-retry-attempt` (0 when absent).
+
+    Raises:
+        PoisonMessage: the header is not a non-negative integer within `MAX_RETRY_ATTEMPT`.
+    """
+    raw = headers.get(RETRY_ATTEMPT)
+    if raw is None:
+        return 0
+    value: int | None = None
+    if isinstance(raw, bool):
+        value = None
+    elif isinstance(raw, int):
+        value = raw
+    elif isinstance(raw, bytes | str):
+        text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
+        if text.strip().isdigit():
+            value = int(text)
+    if value is None or value < 0 or value > MAX_RETRY_ATTEMPT:
+        raise PoisonMessage(
+            f"invalid {RETRY_ATTEMPT} header {raw!r}: expected an integer "
+            f"between 0 and {MAX_RETRY_ATTEMPT}"
+        )
+    return value
+
+
+def exception_type_name(exc: BaseException) -> str:
+    """`module.ClassName` of an exception, as in `x-exception-type`."""
+    cls = type(exc)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def failure_reason(exc: BaseException | str) -> str:
+    """The `x-failure-reason` for an exception: its message, cut to the bound."""
+    text = exc if isinstance(exc, str) else (str(exc) or type(exc).__name__)
+    if len(text) > MAX_FAILURE_REASON:
+        text = text[: MAX_FAILURE_REASON - 3] + "..."
+    return text
+
+
+def dead_letter_headers(
+    original_headers: Mapping[str, Any],
+    *,
+    routing_key: str,
+    exchange: str,
+    queue: str,
+    reason: BaseException | str,
+    final_attempt: int,
+    failed_at: datetime | None = None,
+) -> dict[str, Any]:
+    """Headers of a dead letter: every original header plus the diagnostic ones."""
+    headers = dict(original_headers)
+    headers[ORIGINAL_ROUTING_KEY] = routing_key
+    headers[ORIGINAL_EXCHANGE] = exchange
+    headers[ORIGINAL_QUEUE] = queue
+    headers[FAILURE_REASON] = failure_reason(reason)
+    headers[EXCEPTION_TYPE] = "" if isinstance(reason, str) else exception_type_name(reason)
+    headers[FINAL_ATTEMPT] = final_attempt
+    headers[FAILED_AT] = (failed_at or datetime.now(UTC)).isoformat()
+    return headers
+
+
+def retry_headers(original_headers: Mapping[str, Any], failed_attempts: int) -> dict[str, Any]:
+    """Headers of a retried copy: the originals with `x-retry-attempt` set."""
+    headers = dict(original_headers)
+    headers[RETRY_ATTEMPT] = failed_attempts
+    return headers

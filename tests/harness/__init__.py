@@ -1,0 +1,1 @@
+"""Real-broker test harness: throwaway RabbitMQ nodes and clusters on loopback."""
