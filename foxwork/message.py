@@ -155,6 +155,7 @@ class Message(Generic[P]):
         delivery_count: for quorum queues, how often the broker delivered it before.
         poison: why the message is unprocessable before any code looks at it, or None.
         worker_id: the worker the pool picked for it (set at dispatch).
+        raw: the backend's own delivery object (for the backend; do not rely on it).
     """
 
     __slots__ = (
@@ -171,6 +172,7 @@ class Message(Generic[P]):
         "poison",
         "properties",
         "queue",
+        "raw",
         "redelivered",
         "routing_key",
         "worker",
@@ -205,6 +207,7 @@ class Message(Generic[P]):
         self.poison: str | None = None
         self.worker: Worker[Any] | None = None
         self.worker_id: str | None = None
+        self.raw: Any = None
         self._settler = settler
         self._state = SettleState.PENDING
         self._payload: Any = _UNSET

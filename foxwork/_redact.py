@@ -1,0 +1,91 @@
+"""Strip credentials from AMQP URLs before they reach a log line, an error or a report.
+
+Every place that shows a URL goes through `redact_url()` (one URL) or `redact()` (any text
+that may contain URLs, such as an exception message); the CLI's log formatter runs every
+formatted record through `redact()`, tracebacks included.
+
+The password in the user info is replaced with `***`; so are the values of query
+parameters that name a secret (`password`, `token`, `secret`, ...). The user name, host,
+port and virtual host stay visible: they are what a reader needs to see which broker is
+meant. Parsing is deliberately lenient: a URL that is malformed (an unencoded `/` or `@` in
+the password, a bad port) is still redacted, never shown as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+__all__ = ["MASK", "RedactingFormatter", "redact", "redact_url"]
+
+#: What a secret is replaced with.
+MASK = "***"
+
+_SCHEMES = ("amqp://", "amqps://")
+# A URL inside free text runs until whitespace, a quote or an angle bracket.
+_URL_IN_TEXT = re.compile(r"amqps?://[^\s'\"<>`]+", re.IGNORECASE)
+# Query parameters whose value is a secret.
+_SECRET_PARAM = re.compile(r"pass|secret|token|credential|auth_key|api_?key", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """Return `url` with its password and secret query values replaced by `***`.
+
+    Text that is not an `amqp://` or `amqps://` URL is returned unchanged.
+
+    Args:
+        url: an AMQP URL, e.g. `amqp://app:s3cret@rabbit:5672/orders`.
+
+    Returns:
+        The URL safe to show, e.g. `amqp://app:***@rabbit:5672/orders`.
+    """
+    scheme_end = url.find("://") + 3
+    if url[:scheme_end].lower() not in _SCHEMES:
+        return url
+    rest = url[scheme_end:]
+    # The user info ends at the last "@" before the query: a password may hold an unencoded
+    # "/" or "@", and masking a little too much is better than showing a secret.
+    query_at = _first_of(rest, "?#")
+    at = rest.rfind("@", 0, query_at)
+    if at >= 0:
+        user, colon, password = rest[:at].partition(":")
+        if colon and password:
+            rest = f"{user}:{MASK}{rest[at:]}"
+            query_at = _first_of(rest, "?#")
+    if query_at < len(rest) and rest[query_at] == "?":
+        rest = rest[: query_at + 1] + _redact_query(rest[query_at + 1 :])
+    return url[:scheme_end] + rest
+
+
+def redact(text: str) -> str:
+    """Return `text` with every AMQP URL in it redacted by `redact_url()`."""
+    if "://" not in text:
+        return text
+    return _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
+
+
+class RedactingFormatter(logging.Formatter):
+    """A `logging.Formatter` whose output (message, arguments and traceback alike) never
+    contains an AMQP password."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def _first_of(text: str, chars: str) -> int:
+    positions = [i for i in (text.find(c) for c in chars) if i >= 0]
+    return min(positions, default=len(text))
+
+
+def _redact_query(query: str) -> str:
+    fragment = ""
+    if "#" in query:
+        query, hash_, tail = query.partition("#")
+        fragment = hash_ + tail
+    pairs = []
+    for pair in query.split("&"):
+        key, equals, value = pair.partition("=")
+        if equals and value and _SECRET_PARAM.search(key):
+            pair = f"{key}={MASK}"
+        pairs.append(pair)
+    return "&".join(pairs) + fragment
