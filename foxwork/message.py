@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from . import codec, wire
-from .errors import PoisonMessage, PublishNotConfirmed
+from .errors import BackendError, PoisonMessage
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -322,7 +322,8 @@ class Message(Generic[P]):
     async def _republish(self, publish: Any) -> bool:
         try:
             await publish
-        except PublishNotConfirmed as exc:
+        except BackendError as exc:
+            # Not confirmed (or not connected): the original goes back, nothing is lost.
             logger.warning("message %s goes back to its queue: %s", self.id, exc)
             self._state = SettleState.REQUEUED
             await self._settler.nack_message(self, requeue=True)

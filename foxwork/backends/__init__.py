@@ -2,5 +2,18 @@
 
 from .base import Backend, Consumer
 from .memory import MemoryBackend
+from .rabbitmq import QueueType, RabbitMQBackend, RabbitMQConsumerConfig, UrlOrder
+from .resilient import ConnectionState, ReconnectStrategy, ResilientBackend
 
-__all__ = ["Backend", "Consumer", "MemoryBackend"]
+__all__ = [
+    "Backend",
+    "ConnectionState",
+    "Consumer",
+    "MemoryBackend",
+    "QueueType",
+    "RabbitMQBackend",
+    "RabbitMQConsumerConfig",
+    "ReconnectStrategy",
+    "ResilientBackend",
+    "UrlOrder",
+]

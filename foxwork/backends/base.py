@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import logging
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
 from ..message import Message, MessageProperties
+from ..telemetry import inject_context
 
-__all__ = ["Backend", "Consumer", "Handler", "copy_properties"]
+__all__ = ["Backend", "ConnectionLostCallback", "Consumer", "Handler", "copy_properties"]
+
+logger = logging.getLogger("foxwork.backends")
+
+#: Called with the error (or None) when a backend's connection dies unexpectedly.
+ConnectionLostCallback = Callable[[BaseException | None], None]
 
 #: Called by a backend for each delivery, one at a time per consumer: the next delivery is
 #: handed over only after the previous call returned (that is the pool's backpressure).
@@ -116,6 +123,20 @@ class Backend(abc.ABC):
     async def publish_dead_letter(self, message: Message[Any], headers: dict[str, Any]) -> None:
         """Publish a confirmed copy of `message` to its queue's dead-letter queue."""
 
+    def add_connection_lost_callback(self, callback: ConnectionLostCallback) -> None:
+        """Call `callback(exc)` when the connection dies unexpectedly (not on `close()`)."""
+        callbacks: list[ConnectionLostCallback] = self.__dict__.setdefault(
+            "_connection_lost_callbacks", []
+        )
+        callbacks.append(callback)
+
+    def _notify_connection_lost(self, exc: BaseException | None) -> None:
+        for callback in self.__dict__.get("_connection_lost_callbacks", ()):
+            try:
+                callback(exc)
+            except Exception:
+                logger.exception("connection-lost callback %r failed", callback)
+
     def health(self) -> dict[str, Any]:
         """Connection state for `WorkerPool.health()`; never contains secrets."""
         return {"type": type(self).__name__, "connected": self.is_connected}
@@ -124,7 +145,14 @@ class Backend(abc.ABC):
 def copy_properties(message: Message[Any], headers: dict[str, Any]) -> MessageProperties:
     """Properties of a copy foxwork publishes (retry or dead letter): the originals, the
     message id made explicit (so the copy keeps the message's identity), new headers, and
-    no expiration (a copy must not expire in `Q-dlq` or a retry queue)."""
+    no expiration (a copy must not expire in `Q-dlq` or a retry queue).
+
+    The headers also get the current trace context (the span of the failed attempt, under
+    `TracingMiddleware`), so the next attempt and the dead letter continue its trace.
+    """
     return dataclasses.replace(
-        message.properties, message_id=message.id, headers=headers, expiration=None
+        message.properties,
+        message_id=message.id,
+        headers=inject_context(dict(headers)),
+        expiration=None,
     )

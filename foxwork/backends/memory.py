@@ -149,6 +149,13 @@ class MemoryBackend(Backend):
     async def connect(self) -> None:
         self._connected = True
 
+    async def disconnect(self, exc: BaseException | None = None) -> None:
+        """Simulate a dropped connection: consumers stop, unsettled deliveries go back to
+        their queues (as with a dead AMQP channel), and connection-lost callbacks fire.
+        Messages in queues survive; `connect()` reconnects."""
+        await self.close()
+        self._notify_connection_lost(exc or ConnectionLost("MemoryBackend.disconnect()"))
+
     async def close(self) -> None:
         for consumer in self._consumers:
             await consumer.cancel()
@@ -160,9 +167,7 @@ class MemoryBackend(Backend):
             queue.messages.appendleft(stored)
             queue.notify()
         self._deliveries.clear()
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
+        # Delayed retries are held "by the broker": they survive a closed connection.
         self._connected = False
 
     def _queue(self, name: str) -> _Queue:

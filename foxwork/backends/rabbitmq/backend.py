@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
@@ -222,7 +222,6 @@ class RabbitMQBackend(Backend):
         self._consumers: list[_RabbitConsumer] = []
         self._tag_counter = 0
         self._closing = False
-        self._connection_lost_callbacks: list[Callable[[BaseException | None], None]] = []
         #: Settlements that could not reach the broker because the channel had died (the
         #: broker redelivers those messages).
         self.settle_failures = 0
@@ -245,12 +244,6 @@ class RabbitMQBackend(Backend):
         """The URL of the node connected to, redacted."""
         return redact_url(self._url) if self._url else None
 
-    def add_connection_lost_callback(
-        self, callback: Callable[[BaseException | None], None]
-    ) -> None:
-        """Call `callback(exc)` when the connection dies (not on `close()`)."""
-        self._connection_lost_callbacks.append(callback)
-
     def _ordered_urls(self) -> list[str]:
         urls = list(self.config.urls)
         if self.config.url_order is UrlOrder.SHUFFLE:
@@ -261,6 +254,10 @@ class RabbitMQBackend(Backend):
         if self.is_connected:
             return
         self._closing = False
+        # Consumers of a dead connection are gone with it; whoever consumes subscribes again.
+        stale, self._consumers = self._consumers, []
+        for consumer in stale:
+            await consumer.cancel()
         errors: list[str] = []
         for url in self._ordered_urls():
             try:
@@ -286,15 +283,13 @@ class RabbitMQBackend(Backend):
             "cannot connect to RabbitMQ: " + "; ".join(redact_url(e) for e in errors)
         )
 
-    def _on_connection_closed(self, _sender: Any, exc: BaseException | None = None) -> None:
-        if self._closing:
+    def _on_connection_closed(self, sender: Any, exc: BaseException | None = None) -> None:
+        if self._closing or sender is not self._connection:
             return
-        logger.warning("connection to %s lost: %s", self.url, exc)
-        for callback in self._connection_lost_callbacks:
-            try:
-                callback(exc)
-            except Exception:
-                logger.exception("connection-lost callback failed")
+        # Dead from now on, even before aio-pika marks it closed: connect() must not reuse it.
+        self._connection = None
+        logger.warning("connection to %s lost: %s", redact_url(self._url or ""), exc)
+        self._notify_connection_lost(exc)
 
     def _require_connection(self) -> AbstractConnection:
         if self._connection is None or self._connection.is_closed:
@@ -344,13 +339,6 @@ class RabbitMQBackend(Backend):
         await consumer.start()
         self._consumers.append(consumer)
         return consumer
-
-    async def restore_consumers(self) -> None:
-        """After a reconnect: declare each consumed queue again and subscribe again."""
-        for consumer in self._consumers:
-            if not consumer._cancelled:
-                await self.declare(consumer.queue)
-                await consumer.restart()
 
     # -- publishing ------------------------------------------------------------------
 
