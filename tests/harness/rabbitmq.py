@@ -800,7 +800,15 @@ class RabbitMQCluster:
 # --------------------------------------------------------------------------- CLI
 
 
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _wait_forever(out: IO[str]) -> None:
+    # Also stop cleanly on SIGTERM, and on SIGINT even if it was ignored at startup
+    # (background jobs of non-interactive shells).
+    signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     print("Press Ctrl-C to stop.", file=out, flush=True)
     try:
         while True:

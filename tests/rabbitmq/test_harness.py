@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from urllib.parse import urlsplit
 
 import pytest
 
-from tests.harness.pytest_plugin import validate_loopback_url
+from tests.harness.pytest_plugin import make_cluster, validate_loopback_url
 from tests.harness.rabbitmq import RabbitMQNode
 
 QUEUE = "foxwork-harness-durable"
@@ -80,3 +81,17 @@ def test_loopback_urls_are_accepted(url: str) -> None:
 def test_non_loopback_urls_are_refused(url: str) -> None:
     with pytest.raises(ValueError):
         validate_loopback_url(url)
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_make_cluster_joins_all_nodes() -> None:
+    with make_cluster(3) as cluster:
+        assert len({node.amqp_port for node in cluster}) == 3
+        status = json.loads(cluster.nodes[0].ctl("cluster_status", "--formatter", "json"))
+        assert sorted(status["running_nodes"]) == sorted(node.name for node in cluster)
+        for url in cluster.urls:
+            assert urlsplit(url).hostname == "127.0.0.1"
+    assert not any(node.is_running for node in cluster)
+    assert not cluster.base_dir.exists()
