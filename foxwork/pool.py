@@ -160,6 +160,7 @@ class WorkerPool:
         self._slots: asyncio.Semaphore | None = None
         self._stopped: asyncio.Event | None = None
         self._shutdown_task: asyncio.Task[ShutdownReport] | None = None
+        self._cutoff: asyncio.TimerHandle | None = None
         self.received = 0
 
     def __repr__(self) -> str:
@@ -257,14 +258,15 @@ class WorkerPool:
 
         `run()` is `start()` plus waiting until `shutdown()`.
         """
-        self._start()
-        self._backend = backend
         names = tuple(queues or self.queues or backend.queues)
         if not names:
+            # Checked before the state changes, so the pool can still be started correctly.
             raise ConfigurationError(
                 f"pool {self.name!r} has no queue to consume: pass queues=[...] to the pool "
                 "or to run(), or configure them on the backend"
             )
+        self._start()
+        self._backend = backend
         try:
             for worker in self.workers:
                 await worker.startup()
@@ -390,13 +392,16 @@ class WorkerPool:
     async def shutdown(self, timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT) -> ShutdownReport:
         """Stop intake, wait up to `timeout` seconds for in-flight messages, then cancel
         the rest and nack them back to their queue. Safe to call more than once and from
-        any task; every caller gets the same report.
+        any task; every caller gets the same report. A later call with a shorter `timeout`
+        (a second Ctrl-C) brings the deadline forward.
         """
         if self._state is PoolState.CREATED:
             self._state = PoolState.STOPPED
             return ShutdownReport()
         if self._shutdown_task is None:
             self._shutdown_task = asyncio.ensure_future(self._shutdown(timeout))
+        elif not self._shutdown_task.done():
+            self._cut_off_after(timeout)
         return await asyncio.shield(self._shutdown_task)
 
     async def _shutdown(self, timeout: float | None) -> ShutdownReport:
@@ -407,17 +412,14 @@ class WorkerPool:
                 await consumer.cancel()
         # Layers that park messages (batching) flush now that nothing new arrives.
         await shutdown_all(self.middleware)
-        finished = len(self._tasks)
-        requeued = 0
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
-            requeued = len(pending)
-            finished -= requeued
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
-        report = ShutdownReport(finished=finished, requeued=requeued)
+        in_flight = set(self._tasks)
+        self._cut_off_after(timeout)
+        if in_flight:
+            await asyncio.wait(in_flight)
+        if self._cutoff is not None:
+            self._cutoff.cancel()
+        requeued = sum(1 for task in in_flight if task.cancelled())
+        report = ShutdownReport(finished=len(in_flight) - requeued, requeued=requeued)
         await self._finish()
         logger.info(
             "pool %r stopped: %d in-flight message(s) finished, %d nacked back to the queue",
@@ -426,6 +428,24 @@ class WorkerPool:
             report.requeued,
         )
         return report
+
+    def _cut_off_after(self, timeout: float | None) -> None:
+        # In-flight messages still running `timeout` seconds from now are cancelled (and so
+        # nacked back to their queue); an earlier cut-off already set stays.
+        if timeout is None:
+            return
+        loop = asyncio.get_running_loop()
+        when = loop.time() + max(timeout, 0.0)
+        if self._cutoff is not None:
+            if self._cutoff.when() <= when:
+                return
+            self._cutoff.cancel()
+        self._cutoff = loop.call_at(when, self._cut_off)
+
+    def _cut_off(self) -> None:
+        for task in self._tasks:
+            if not task.done() and not task.cancelling():
+                task.cancel()
 
     async def _finish(self) -> None:
         for worker in self.workers:

@@ -113,7 +113,10 @@ def parse_retry_attempt(headers: Mapping[str, Any]) -> int:
         value = raw
     elif isinstance(raw, bytes | str):
         text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
-        if text.strip().isdigit():
+        text = text.strip()
+        # isdecimal, not isdigit: "²" is a digit that int() refuses; and the length bound
+        # keeps int() clear of its 4,300-digit limit (anything that long is poison anyway).
+        if text.isdecimal() and len(text) <= 20:
             value = int(text)
     if value is None or value < 0 or value > MAX_RETRY_ATTEMPT:
         raise PoisonMessage(

@@ -67,8 +67,12 @@ class Worker(Generic[P]):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} id={self.id!r}>"
 
-    async def process(self, message: Message[P]) -> None:
-        """Handle one message. Raise to fail the attempt; return to succeed."""
+    def process(self, message: Message[P]) -> Awaitable[None] | None:
+        """Handle one message. Raise to fail the attempt; return to succeed.
+
+        Override it as `async def process(...) -> None`, or as a plain
+        `def process(...) -> None` for blocking code (run in a thread).
+        """
         raise NotImplementedError
 
     async def startup(self) -> None:

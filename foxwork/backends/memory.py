@@ -44,19 +44,26 @@ class StoredMessage:
 
 
 class _Queue:
-    __slots__ = ("changed", "delayed", "messages", "name", "unacked")
+    __slots__ = ("_changed", "delayed", "messages", "name", "unacked")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.messages: collections.deque[StoredMessage] = collections.deque()
         self.unacked = 0
         self.delayed = 0
-        # Pulsed on every change; consumers and join() wait on it.
-        self.changed = asyncio.Event()
+        # Created only while someone waits, so a change nobody waits for costs nothing.
+        self._changed: asyncio.Event | None = None
+
+    async def wait_changed(self) -> None:
+        """Wait for the next change (consumers and join() wait here)."""
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        await self._changed.wait()
 
     def notify(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     @property
     def idle(self) -> bool:
@@ -81,7 +88,7 @@ class _MemoryConsumer(Consumer):
         queue = self._queue
         while True:
             if not queue.messages or self.unacked >= self._prefetch:
-                await queue.changed.wait()
+                await queue.wait_changed()
                 continue
             stored = queue.messages.popleft()
             message = self._backend._deliver(stored, queue, self)
@@ -342,7 +349,7 @@ class MemoryBackend(Backend):
         try:
             async with asyncio.timeout(timeout):
                 while not q.idle:
-                    await q.changed.wait()
+                    await q.wait_changed()
         except TimeoutError:
             raise TimeoutError(
                 f"queue {queue!r} not drained after {timeout} s: {len(q.messages)} ready, "

@@ -35,7 +35,8 @@ class Middleware(Protocol):
 def check_middleware(middleware: Sequence[object]) -> None:
     """Raise `ConfigurationError` for any item that cannot be a middleware layer."""
     for index, layer in enumerate(middleware):
-        if not callable(layer):
+        # A class is callable too, but calling it per message builds a layer, not a result.
+        if not callable(layer) or isinstance(layer, type):
             raise ConfigurationError(
                 f"middleware[{index}] = {layer!r} is not callable: pass an object or function "
                 "with the signature `async (message, call_next) -> None` (did you pass the "

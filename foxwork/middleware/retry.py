@@ -12,6 +12,7 @@ from tenacity import RetryCallState, wait_exponential
 from ..errors import ConfigurationError, DeadLetter, Drop, RetryLater
 from ..message import Message
 from .base import CallNext
+from .circuit_breaker import holds_failed_probe
 
 __all__ = ["RetryMiddleware"]
 
@@ -159,6 +160,10 @@ class RetryMiddleware:
             raise
         except Exception as exc:
             if message.settled:
+                raise
+            if holds_failed_probe(exc):
+                # A failed HALF_OPEN probe consumes no attempt: the circuit breaker outside
+                # holds it for the next probe.
                 raise
             if message.attempt >= self.max_attempts:
                 logger.info(

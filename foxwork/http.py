@@ -1,0 +1,427 @@
+"""A small HTTP server for probes and scraping: `/health`, `/ready` and `/metrics`.
+
+`HealthServer` answers plain HTTP/1.1 on asyncio streams (one request per connection), so
+it needs no web framework and runs on the pool's own event loop:
+
+- `GET /health`: liveness. 200 with a JSON body while the event loop answers at all.
+- `GET /ready`: readiness. 200 only while the pool is RUNNING, its backend is connected
+  and every queue it consumes has an active consumer; 503 otherwise, with the reasons in
+  the JSON body. Take a replica out of a load balancer or a rollout on it, not out of the
+  cluster: a worker reconnecting to the broker is not ready, but it is alive.
+- `GET /metrics`: the OpenTelemetry metrics of a `PrometheusReader`, in the Prometheus
+  text format (0.0.4); 404 when the server has no reader.
+
+JSON bodies are built from `WorkerPool.health()`, which never holds secrets.
+
+Metrics are read from OpenTelemetry, not from a second metrics library: give the meter
+provider a `PrometheusReader` and give the reader to the server. The reader renders the
+exposition itself, which keeps `prometheus_client` (and its process-global registry) out
+of foxwork's dependencies; foxwork's metrics are counters, gauges and explicit-bucket
+histograms, which is all it has to render. Names follow OpenTelemetry's Prometheus
+conventions: dots become underscores, counters end in `_total`, and the unit `s` becomes
+`_seconds` (`foxwork.messages.processed` → `foxwork_messages_processed_total`,
+`foxwork.message.duration` → `foxwork_message_duration_seconds_bucket`, ...).
+
+Example:
+    reader = PrometheusReader()
+    provider = MeterProvider(metric_readers=[reader])
+    pool = WorkerPool(
+        workers=[OrderWorker()],
+        middleware=[AckNackMiddleware(), TracingMiddleware(),
+                    MetricsMiddleware(meter_provider=provider), RetryMiddleware()],
+        queues=["orders"],
+    )
+    async with HealthServer(pool, host="0.0.0.0", port=8080, metrics=reader):
+        await pool.run(backend)
+
+The CLI's `foxwork run --http-port PORT` does the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import re
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any
+
+from opentelemetry.sdk.metrics.export import (
+    Gauge,
+    Histogram,
+    InMemoryMetricReader,
+    Metric,
+    MetricsData,
+    Sum,
+)
+
+from .errors import ConfigurationError
+from .pool import WorkerPool
+
+__all__ = ["HealthServer", "PrometheusReader", "readiness", "render_prometheus"]
+
+logger = logging.getLogger("foxwork.http")
+
+#: Interface the server listens on: loopback unless asked otherwise.
+DEFAULT_HOST = "127.0.0.1"
+#: Port the server listens on; 0 picks a free one (read it from `HealthServer.port`).
+DEFAULT_PORT = 0
+#: Seconds a client has to send its request before the connection is dropped.
+REQUEST_TIMEOUT = 5.0
+#: Longest request line or header line accepted, in bytes.
+MAX_LINE = 8192
+#: Most header lines accepted in one request.
+MAX_HEADERS = 100
+
+#: Content type of the Prometheus text exposition format.
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}
+
+
+def readiness(health: dict[str, Any]) -> list[str]:
+    """Why a pool with this `WorkerPool.health()` snapshot is not ready; empty when ready."""
+    reasons = []
+    if not health.get("running"):
+        reasons.append(f"pool is {health.get('state', 'not running')}, not running")
+    backend = health.get("backend")
+    if not backend or not backend.get("connected"):
+        reasons.append("backend is not connected")
+    queues = health.get("queues") or []
+    if not queues:
+        reasons.append("no queue is being consumed")
+    else:
+        consuming = set(health.get("consuming") or [])
+        idle = [queue for queue in queues if queue not in consuming]
+        if idle:
+            reasons.append(f"no active consumer on {', '.join(idle)}")
+    return reasons
+
+
+class PrometheusReader(InMemoryMetricReader):
+    """An OpenTelemetry metric reader that renders the Prometheus text format on demand.
+
+    Give it to the `MeterProvider` (readers are fixed when the provider is built) and to
+    `HealthServer(metrics=...)`; every scrape collects and renders (cumulative values).
+
+    Example:
+        reader = PrometheusReader()
+        provider = MeterProvider(metric_readers=[reader])
+        metrics.set_meter_provider(provider)  # optional: or pass meter_provider= around
+    """
+
+    def render(self) -> str:
+        """Collect now and return the exposition text."""
+        return render_prometheus(self.get_metrics_data())
+
+
+class HealthServer:
+    """Serves `/health`, `/ready` and `/metrics` for a pool (see the module docstring).
+
+    Args:
+        pool: the pool whose health it reports.
+        host: the interface to listen on; the default is loopback only.
+        port: the port; 0 picks a free one.
+        metrics: the reader behind `/metrics`; without one `/metrics` answers 404.
+
+    Example:
+        server = HealthServer(pool, port=8080, metrics=reader)
+        await server.start()
+        ...
+        await server.close()
+    """
+
+    def __init__(
+        self,
+        pool: WorkerPool,
+        *,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        metrics: PrometheusReader | None = None,
+    ) -> None:
+        if not isinstance(pool, WorkerPool):
+            raise ConfigurationError(f"HealthServer(pool={pool!r}): pass a foxwork WorkerPool")
+        if not isinstance(host, str) or not host:
+            raise ConfigurationError(
+                f"HealthServer(host={host!r}): pass an interface such as '127.0.0.1' "
+                "(loopback) or '0.0.0.0' (every interface)"
+            )
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ConfigurationError(
+                f"HealthServer(port={port!r}): pass a port from 1 to 65535, or 0 for any free port"
+            )
+        if metrics is not None and not isinstance(metrics, PrometheusReader):
+            raise ConfigurationError(
+                f"HealthServer(metrics={metrics!r}): pass the PrometheusReader given to "
+                "the MeterProvider, or None to serve no /metrics"
+            )
+        self.pool = pool
+        self.host = host
+        self._port = port
+        self.metrics = metrics
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        state = "serving" if self._server is not None else "stopped"
+        return f"<HealthServer {state} on {self.host}:{self.port} pool={self.pool.name!r}>"
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the one picked when constructed with 0, once started)."""
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """`http://host:port` of the server."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def __aenter__(self) -> HealthServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Listen; returns once the port is bound. Calling it again does nothing.
+
+        Raises:
+            OSError: the port cannot be bound (in use, or not allowed).
+        """
+        if self._server is not None:
+            return
+        self._server = await asyncio.start_server(
+            self._on_connection, self.host, self._port, limit=MAX_LINE
+        )
+        self._port = self._server.sockets[0].getsockname()[1]
+        logger.info("health endpoints on %s (/health, /ready, /metrics)", self.url)
+
+    async def close(self) -> None:
+        """Stop listening and drop open connections. Idempotent."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.wait(self._connections)
+        await server.wait_closed()
+
+    # -- one connection, one request ------------------------------------------------------
+
+    async def _on_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            try:
+                async with asyncio.timeout(REQUEST_TIMEOUT):
+                    method, path = await _read_request(reader)
+            except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+                return
+            except (ValueError, asyncio.LimitOverrunError):
+                status, content_type, body = _json(400, {"error": "malformed request"})
+                method = "GET"
+            else:
+                status, content_type, body = self._respond(method, path)
+            writer.write(_head(status, content_type, len(body)))
+            if method != "HEAD":
+                writer.write(body)
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    def _respond(self, method: str, path: str) -> tuple[int, str, bytes]:
+        route = path.split("?", 1)[0]
+        if route not in ("/health", "/ready", "/metrics"):
+            return _json(404, {"error": f"no route {route}; try /health, /ready or /metrics"})
+        if method not in ("GET", "HEAD"):
+            return _json(405, {"error": f"{method} not allowed; use GET"})
+        if route == "/health":
+            return _json(200, {"status": "alive", "pool": self.pool.health()})
+        if route == "/ready":
+            health = self.pool.health()
+            reasons = readiness(health)
+            if reasons:
+                return _json(503, {"status": "not ready", "reasons": reasons, "pool": health})
+            return _json(200, {"status": "ready", "reasons": [], "pool": health})
+        if self.metrics is None:
+            return _json(404, {"error": "metrics are not configured on this server"})
+        return 200, PROMETHEUS_CONTENT_TYPE, self.metrics.render().encode()
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
+    line = await reader.readuntil(b"\r\n")
+    parts = line.decode("latin-1").split()
+    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+        raise ValueError("malformed request line")
+    # The headers are read and ignored: no route needs them and nothing has a body.
+    for _ in range(MAX_HEADERS):
+        if await reader.readuntil(b"\r\n") == b"\r\n":
+            return parts[0].upper(), parts[1]
+    raise ValueError("too many headers")
+
+
+def _json(status: int, payload: dict[str, Any]) -> tuple[int, str, bytes]:
+    body = json.dumps(payload, default=str, separators=(",", ":")).encode()
+    return status, "application/json", body
+
+
+def _head(status: int, content_type: str, length: int) -> bytes:
+    return (
+        f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"
+        f"Content-Type: {content_type}\r\n"
+        f"Content-Length: {length}\r\n"
+        "Cache-Control: no-store\r\n"
+        "Connection: close\r\n"
+        "\r\n"
+    ).encode("latin-1")
+
+
+# -- Prometheus text exposition ---------------------------------------------------------
+
+_INVALID_NAME = re.compile(r"[^a-zA-Z0-9_:]+")
+_INVALID_LABEL = re.compile(r"[^a-zA-Z0-9_]+")
+#: OpenTelemetry unit → Prometheus name suffix, for the units foxwork and the SDK use.
+_UNIT_SUFFIXES = {
+    "s": "seconds",
+    "ms": "milliseconds",
+    "us": "microseconds",
+    "ns": "nanoseconds",
+    "By": "bytes",
+    "KiBy": "kibibytes",
+    "MiBy": "mebibytes",
+    "%": "percent",
+}
+
+
+def render_prometheus(data: MetricsData | None) -> str:
+    """Render collected OpenTelemetry metrics in the Prometheus text format 0.0.4.
+
+    Counters (monotonic sums) become `counter`s named `..._total`, up-down counters and
+    gauges become `gauge`s, explicit-bucket histograms become `histogram`s with cumulative
+    `_bucket{le=...}`, `_sum` and `_count`. Exponential histograms are skipped. Metrics of
+    one name from several scopes are merged under one `# TYPE`.
+    """
+    families: dict[str, tuple[str, str, list[str]]] = {}
+    if data is not None:
+        for resource_metrics in data.resource_metrics:
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    _add_family(families, metric)
+    lines: list[str] = []
+    for name, (kind, help_text, samples) in families.items():
+        if help_text:
+            lines.append(f"# HELP {name} {_escape_help(help_text)}")
+        lines.append(f"# TYPE {name} {kind}")
+        lines.extend(samples)
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def _add_family(families: dict[str, tuple[str, str, list[str]]], metric: Metric) -> None:
+    data = metric.data
+    base = _metric_name(metric.name, metric.unit or "")
+    if isinstance(data, Sum):
+        kind = "counter" if data.is_monotonic else "gauge"
+        name = f"{base}_total" if data.is_monotonic and not base.endswith("_total") else base
+        samples = [_sample(name, p.attributes, p.value) for p in data.data_points]
+    elif isinstance(data, Gauge):
+        kind, name = "gauge", base
+        samples = [_sample(name, p.attributes, p.value) for p in data.data_points]
+    elif isinstance(data, Histogram):
+        kind, name = "histogram", base
+        samples = [line for p in data.data_points for line in _histogram_samples(name, p)]
+    else:
+        return
+    family = families.get(name)
+    if family is None:
+        families[name] = (kind, metric.description or "", samples)
+    elif family[0] == kind:
+        family[2].extend(samples)
+
+
+def _histogram_samples(name: str, point: Any) -> Iterator[str]:
+    cumulative = 0
+    for bound, count in zip(point.explicit_bounds, point.bucket_counts, strict=False):
+        cumulative += count
+        yield _sample(f"{name}_bucket", point.attributes, cumulative, le=_format_value(bound))
+    yield _sample(f"{name}_bucket", point.attributes, point.count, le="+Inf")
+    yield _sample(f"{name}_sum", point.attributes, point.sum)
+    yield _sample(f"{name}_count", point.attributes, point.count)
+
+
+def _metric_name(name: str, unit: str) -> str:
+    prometheus = _INVALID_NAME.sub("_", name).strip("_") or "_"
+    if prometheus[0].isdigit():
+        prometheus = f"_{prometheus}"
+    unit = re.sub(r"\{[^}]*\}", "", unit).strip()
+    if unit and unit != "1":
+        suffix = _UNIT_SUFFIXES.get(unit) or _INVALID_NAME.sub("_", unit).strip("_")
+        if suffix and not prometheus.endswith(f"_{suffix}"):
+            prometheus = f"{prometheus}_{suffix}"
+    return prometheus
+
+
+def _sample(name: str, attributes: Any, value: float, **extra: str) -> str:
+    labels = {_label_name(str(key)): _label_value(item) for key, item in (attributes or {}).items()}
+    labels.update(extra)
+    if not labels:
+        return f"{name} {_format_value(value)}"
+    rendered = ",".join(f'{key}="{_escape_label(item)}"' for key, item in labels.items())
+    return f"{name}{{{rendered}}} {_format_value(value)}"
+
+
+def _label_name(key: str) -> str:
+    name = _INVALID_LABEL.sub("_", key) or "_"
+    return f"_{name}" if name[0].isdigit() else name
+
+
+def _label_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return ",".join(_label_value(item) for item in value)
+    return str(value)
+
+
+def _format_value(value: float) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")

@@ -1,0 +1,362 @@
+"""`CircuitBreakerMiddleware`: stop calling a failing dependency, then probe it carefully."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextvars
+import enum
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from ..errors import ConfigurationError, DeadLetter, Drop
+from ..message import Message
+from .base import CallNext
+
+__all__ = [
+    "CircuitBreakerMiddleware",
+    "CircuitState",
+    "CircuitTransition",
+    "StateListener",
+    "holds_failed_probe",
+]
+
+logger = logging.getLogger("foxwork.circuit_breaker")
+
+#: Consecutive failures that open the circuit.
+DEFAULT_FAILURE_THRESHOLD = 5
+#: Seconds the circuit stays OPEN before it lets probes through.
+DEFAULT_RECOVERY_TIMEOUT = 30.0
+#: Probe messages processed at once while HALF_OPEN.
+DEFAULT_HALF_OPEN_MAX_REQUESTS = 1
+#: State transitions kept in `CircuitBreakerMiddleware.transitions`.
+TRANSITION_HISTORY = 100
+
+
+class CircuitState(enum.Enum):
+    """Where a circuit breaker stands."""
+
+    CLOSED = "closed"
+    """Healthy: every message is processed; consecutive failures are counted."""
+    OPEN = "open"
+    """Tripped: messages are held, unprocessed, until `recovery_timeout` has passed."""
+    HALF_OPEN = "half_open"
+    """Recovering: a few probe messages run; one success closes, one failure reopens."""
+
+
+class CircuitTransition(NamedTuple):
+    """One change of state.
+
+    Attributes:
+        at: when it happened, in seconds since the epoch (`time.time()`).
+        old: the state before.
+        new: the state after.
+    """
+
+    at: float
+    old: CircuitState
+    new: CircuitState
+
+
+#: Called with (old, new) on every change of state.
+StateListener = Callable[[CircuitState, CircuitState], None]
+
+# Inside the chain of a HALF_OPEN probe: the `is_failure` of the breaker running it. A failed
+# probe must not consume a retry attempt, and when `RetryMiddleware` sits inside the breaker
+# it sees the failure first: it asks `holds_failed_probe()` and leaves such a failure
+# unsettled for the breaker. A context variable, because the whole chain runs in the
+# message's own task.
+_probing: contextvars.ContextVar[Callable[[BaseException], bool] | None] = contextvars.ContextVar(
+    "foxwork_probing", default=None
+)
+
+
+def holds_failed_probe(exc: BaseException) -> bool:
+    """True when the current task runs a HALF_OPEN probe of a circuit breaker that holds
+    the message again after failing with `exc` (instead of letting it be settled).
+
+    Layers inside the breaker that settle failures (`RetryMiddleware`) then leave the
+    message unsettled and re-raise, so a failed probe consumes no retry attempt.
+    """
+    is_failure = _probing.get()
+    return is_failure is not None and is_failure(exc)
+
+
+def default_is_failure(exc: BaseException) -> bool:
+    """Every exception counts against the dependency except `Drop` and `DeadLetter`
+    (poison messages included): a bad message says nothing about the dependency's health."""
+    return not isinstance(exc, Drop | DeadLetter)
+
+
+class CircuitBreakerMiddleware:
+    """Opens after consecutive failures, holds messages while open, then probes.
+
+    CLOSED → OPEN after `failure_threshold` consecutive failures; OPEN → HALF_OPEN after
+    `recovery_timeout` seconds; in HALF_OPEN at most `half_open_max_requests` probe
+    messages run at once: a probe success closes the circuit (and resets the count), a
+    probe failure reopens it. A success in CLOSED resets the count. Outcomes of messages
+    that started before the last change of state are not counted.
+
+    **While OPEN, messages wait inside this layer.** They are not processed, not settled
+    and consume no retry attempt; they keep their pool concurrency slots, so once every
+    slot is held the pool takes no more deliveries and the broker keeps the rest (prefetch
+    backpressure). An open circuit therefore never burns messages into the DLQ and never
+    spins on redelivery. When the circuit half-opens, held messages become probes in
+    arrival order. A shutdown cancels held messages at its deadline and they go back to
+    the queue.
+
+    **A failed probe is held again**, not settled and not re-raised: it reopens the circuit,
+    is logged, and waits behind the other held messages for the next HALF_OPEN. So it
+    consumes no retry attempt, and no redelivery either (a requeue would count towards a
+    quorum queue's delivery limit and `RetryMiddleware`'s crash-loop detection, and could
+    end in the DLQ on an open circuit). `RetryMiddleware` inside the breaker asks
+    `holds_failed_probe()` and leaves such a failure to the breaker; a `RetryMiddleware`
+    outside the breaker never sees it. Only failures per `is_failure` are held: a probe
+    that raises `Drop` or `DeadLetter` is settled by the inner layers as usual. Keep
+    `AckNackMiddleware` outside the breaker (as in the documented chain order), or it
+    would settle a failed probe before the breaker can hold it.
+
+    Every other failure is re-raised unchanged: the breaker is transparent.
+
+    Shared state (on purpose, one breaker per dependency): `state`, `failure_count`,
+    `transitions` and the held messages. Share an instance between pools to protect one
+    dependency, use one instance per pool otherwise.
+
+    Args:
+        failure_threshold: consecutive failures in CLOSED that open the circuit.
+        recovery_timeout: seconds in OPEN before probing.
+        half_open_max_requests: probes processed at once in HALF_OPEN.
+        is_failure: whether an exception counts against the dependency; by default
+            everything but `Drop` and `DeadLetter`.
+        on_state_change: called with (old, new) on every transition; more can be added
+            with `add_listener()`.
+
+    Example:
+        breaker = CircuitBreakerMiddleware(failure_threshold=5, recovery_timeout=30.0)
+        breaker.add_listener(lambda old, new: log.warning("payments API %s", new.value))
+        pool = WorkerPool(
+            workers=[PaymentWorker()],
+            middleware=[AckNackMiddleware(), breaker, RetryMiddleware()],
+        )
+    """
+
+    def __init__(
+        self,
+        *,
+        failure_threshold: int = DEFAULT_FAILURE_THRESHOLD,
+        recovery_timeout: float = DEFAULT_RECOVERY_TIMEOUT,
+        half_open_max_requests: int = DEFAULT_HALF_OPEN_MAX_REQUESTS,
+        is_failure: Callable[[BaseException], bool] = default_is_failure,
+        on_state_change: StateListener | None = None,
+    ) -> None:
+        if not _positive_int(failure_threshold):
+            raise ConfigurationError(
+                f"CircuitBreakerMiddleware(failure_threshold={failure_threshold!r}): pass an "
+                "int of at least 1 (consecutive failures that open the circuit)"
+            )
+        if not isinstance(recovery_timeout, int | float) or not recovery_timeout > 0:
+            raise ConfigurationError(
+                f"CircuitBreakerMiddleware(recovery_timeout={recovery_timeout!r}): pass a "
+                "positive number of seconds to stay OPEN before probing"
+            )
+        if not _positive_int(half_open_max_requests):
+            raise ConfigurationError(
+                f"CircuitBreakerMiddleware(half_open_max_requests={half_open_max_requests!r}): "
+                "pass an int of at least 1 (probe messages at once while HALF_OPEN)"
+            )
+        if not callable(is_failure):
+            raise ConfigurationError(
+                f"CircuitBreakerMiddleware(is_failure={is_failure!r}): pass a callable "
+                "taking the exception and returning True when it counts as a failure"
+            )
+        if on_state_change is not None and not callable(on_state_change):
+            raise ConfigurationError(
+                f"CircuitBreakerMiddleware(on_state_change={on_state_change!r}): pass a "
+                "callable taking (old_state, new_state), or None"
+            )
+        self.failure_threshold = failure_threshold
+        self.recovery_timeout = float(recovery_timeout)
+        self.half_open_max_requests = half_open_max_requests
+        self.is_failure = is_failure
+        self._listeners: list[StateListener] = []
+        if on_state_change is not None:
+            self._listeners.append(on_state_change)
+        #: The last `TRANSITION_HISTORY` transitions, oldest first.
+        self.transitions: collections.deque[CircuitTransition] = collections.deque(
+            maxlen=TRANSITION_HISTORY
+        )
+        self._state = CircuitState.CLOSED
+        self._failures = 0
+        # Bumped on every transition: an outcome is counted only in the generation its
+        # message was admitted in, so stragglers from an older state change nothing.
+        self._generation = 0
+        self._probes = 0
+        # Held messages, oldest first; each future receives its admission.
+        self._waiters: collections.deque[asyncio.Future[tuple[bool, int]]] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"CircuitBreakerMiddleware(failure_threshold={self.failure_threshold}, "
+            f"recovery_timeout={self.recovery_timeout}, "
+            f"half_open_max_requests={self.half_open_max_requests})"
+        )
+
+    # -- observation -----------------------------------------------------------------
+
+    @property
+    def state(self) -> CircuitState:
+        """The current state."""
+        return self._state
+
+    @property
+    def failure_count(self) -> int:
+        """Consecutive failures counted in the current CLOSED period."""
+        return self._failures
+
+    @property
+    def held(self) -> int:
+        """Messages waiting in this layer for the circuit to let them through."""
+        return sum(not waiter.done() for waiter in self._waiters)
+
+    def add_listener(self, listener: StateListener) -> None:
+        """Call `listener(old, new)` on every change of state (for example to update a
+        metrics gauge). A listener that raises is logged and does not stop the others."""
+        if not callable(listener):
+            raise ConfigurationError(
+                f"add_listener({listener!r}): pass a callable taking (old_state, new_state)"
+            )
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: StateListener) -> None:
+        """Stop calling a listener added before; unknown listeners are ignored."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    # -- the layer -------------------------------------------------------------------
+
+    async def __call__(self, message: Message[Any], call_next: CallNext) -> None:
+        while True:
+            probe, generation = await self._admit()
+            token = _probing.set(self.is_failure if probe else None)
+            try:
+                await call_next(message)
+            except Exception as exc:
+                failure = True if self.is_failure(exc) else None
+                self._record(generation, probe=probe, failure=failure)
+                if probe and failure and not message.settled:
+                    logger.warning(
+                        "probe message %s failed (%s: %s); held for the next probe",
+                        message.id,
+                        type(exc).__name__,
+                        exc,
+                    )
+                    continue
+                raise
+            except BaseException:
+                # Cancelled (shutdown deadline): says nothing about the dependency.
+                self._record(generation, probe=probe, failure=None)
+                raise
+            else:
+                self._record(generation, probe=probe, failure=False)
+                return
+            finally:
+                _probing.reset(token)
+
+    async def _admit(self) -> tuple[bool, int]:
+        """Wait until this message may run. Returns whether it runs as a HALF_OPEN probe,
+        and the generation it was admitted in."""
+        state = self._state
+        if state is CircuitState.CLOSED:
+            return False, self._generation
+        if (
+            state is CircuitState.HALF_OPEN
+            and not self._waiters
+            and self._probes < self.half_open_max_requests
+        ):
+            self._probes += 1
+            return True, self._generation
+        # OPEN, or HALF_OPEN with every probe slot taken: hold the message, in arrival
+        # order. `_wake()` hands it its admission. A cancellation here (shutdown)
+        # propagates; the pool nacks the message back to its queue.
+        waiter: asyncio.Future[tuple[bool, int]] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if not waiter.done():
+                self._waiters.remove(waiter)
+            elif not waiter.cancelled():
+                # Admitted and cancelled in the same instant: give the probe slot back.
+                probe, generation = waiter.result()
+                self._record(generation, probe=probe, failure=None)
+            raise
+
+    def _wake(self) -> None:
+        """Admit held messages as far as the current state allows, oldest first."""
+        waiters = self._waiters
+        if self._state is CircuitState.CLOSED:
+            while waiters:
+                waiter = waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result((False, self._generation))
+        elif self._state is CircuitState.HALF_OPEN:
+            while waiters and self._probes < self.half_open_max_requests:
+                waiter = waiters.popleft()
+                if not waiter.done():
+                    self._probes += 1
+                    waiter.set_result((True, self._generation))
+
+    def _record(self, generation: int, *, probe: bool, failure: bool | None) -> None:
+        """Count one outcome: failure True/False, or None for neither (cancelled, or an
+        exception that `is_failure` rejects)."""
+        if generation != self._generation:
+            return
+        if probe:
+            if failure:
+                self._transition(CircuitState.OPEN)
+            elif failure is False:
+                self._transition(CircuitState.CLOSED)
+            else:
+                self._probes -= 1
+                self._wake()
+        elif failure:
+            self._failures += 1
+            if self._failures >= self.failure_threshold:
+                self._transition(CircuitState.OPEN)
+        elif failure is False:
+            self._failures = 0
+
+    def _transition(self, new: CircuitState) -> None:
+        old = self._state
+        self._state = new
+        self._generation += 1
+        self._probes = 0
+        self._failures = 0
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if new is CircuitState.OPEN:
+            self._timer = asyncio.get_running_loop().call_later(
+                self.recovery_timeout, self._half_open, self._generation
+            )
+        self.transitions.append(CircuitTransition(time.time(), old, new))
+        log = logger.warning if new is CircuitState.OPEN else logger.info
+        log("circuit %s -> %s", old.value, new.value)
+        for listener in list(self._listeners):
+            try:
+                listener(old, new)
+            except Exception:
+                logger.exception("circuit breaker listener %r failed", listener)
+        self._wake()
+
+    def _half_open(self, generation: int) -> None:
+        self._timer = None
+        if generation == self._generation and self._state is CircuitState.OPEN:
+            self._transition(CircuitState.HALF_OPEN)
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1

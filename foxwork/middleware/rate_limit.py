@@ -1,0 +1,118 @@
+"""`RateLimitMiddleware`: at most `rate` messages per second, with bursts; waits, never fails."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from typing import Any
+
+from aiolimiter import AsyncLimiter
+
+from ..errors import ConfigurationError
+from ..message import Message
+from .base import CallNext
+
+__all__ = ["RateLimitMiddleware"]
+
+#: Per-key limiters kept at most; the least recently used is forgotten first.
+DEFAULT_MAX_KEYS = 10_000
+
+
+class RateLimitMiddleware:
+    """Let at most `rate` messages per second through, after an initial `burst`.
+
+    A leaky bucket (aiolimiter): up to `burst` messages pass at once, then they pass at
+    `rate` per second. An over-limit message waits in this layer; it is never failed,
+    settled or retried. A waiting message keeps its pool concurrency slot, so a sustained
+    excess pauses intake (prefetch backpressure) instead of piling up in memory.
+
+    With `key`, each key (a tenant, a customer) gets its own limit. Per-key limiters are
+    kept in a least-recently-used map of at most `max_keys` entries; a forgotten key starts
+    again with a fresh burst.
+
+    Shared state (on purpose): the limiters. Share an instance between pools to limit
+    them together. An instance belongs to one event loop.
+
+    Args:
+        rate: messages per second, sustained.
+        burst: messages that may pass at once; by default one second's worth (`rate`),
+            at least 1.
+        key: `key(message) -> str` for a limit per key (for example a tenant header);
+            None for one limit over all messages.
+        max_keys: per-key limiters kept at most.
+
+    Example:
+        # 50 messages/s per tenant, bursts of 10
+        RateLimitMiddleware(
+            rate=50, burst=10, key=lambda message: str(message.headers.get("tenant", ""))
+        )
+    """
+
+    def __init__(
+        self,
+        *,
+        rate: float,
+        burst: float | None = None,
+        key: Callable[[Message[Any]], str] | None = None,
+        max_keys: int = DEFAULT_MAX_KEYS,
+    ) -> None:
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not rate > 0:
+            raise ConfigurationError(
+                f"RateLimitMiddleware(rate={rate!r}): pass a positive number of messages per second"
+            )
+        if burst is None:
+            burst = max(1.0, float(rate))
+        if isinstance(burst, bool) or not isinstance(burst, int | float) or not burst >= 1:
+            raise ConfigurationError(
+                f"RateLimitMiddleware(burst={burst!r}): pass a number of at least 1 (messages "
+                "that may pass at once), or None for one second's worth"
+            )
+        if key is not None and not callable(key):
+            raise ConfigurationError(
+                f"RateLimitMiddleware(key={key!r}): pass a callable taking the message and "
+                "returning its key (str), or None for one limit over all messages"
+            )
+        if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
+            raise ConfigurationError(
+                f"RateLimitMiddleware(max_keys={max_keys!r}): pass an int of at least 1"
+            )
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self.key = key
+        self.max_keys = max_keys
+        self._limiter = self._new_limiter()
+        self._limiters: collections.OrderedDict[str, AsyncLimiter] = collections.OrderedDict()
+
+    def __repr__(self) -> str:
+        keyed = ", key=..." if self.key is not None else ""
+        return f"RateLimitMiddleware(rate={self.rate:g}, burst={self.burst:g}{keyed})"
+
+    def _new_limiter(self) -> AsyncLimiter:
+        # `burst` messages per `burst / rate` seconds: `rate` per second sustained, and a
+        # bucket that holds `burst`.
+        return AsyncLimiter(max_rate=self.burst, time_period=self.burst / self.rate)
+
+    @property
+    def key_count(self) -> int:
+        """Per-key limiters held now (at most `max_keys`)."""
+        return len(self._limiters)
+
+    def limiter_for(self, key: str | None = None) -> AsyncLimiter:
+        """The limiter of `key` (created on first use), or the global one for None."""
+        if key is None or self.key is None:
+            return self._limiter
+        limiters = self._limiters
+        limiter = limiters.get(key)
+        if limiter is None:
+            limiter = limiters[key] = self._new_limiter()
+            if len(limiters) > self.max_keys:
+                # A limiter with waiters stays alive through them; only its memory slot goes.
+                limiters.popitem(last=False)
+        else:
+            limiters.move_to_end(key)
+        return limiter
+
+    async def __call__(self, message: Message[Any], call_next: CallNext) -> None:
+        key = self.key(message) if self.key is not None else None
+        await self.limiter_for(key).acquire()
+        await call_next(message)

@@ -1,0 +1,333 @@
+"""Helpers of the real-broker and contract suites.
+
+- `RabbitProbe`: a separate AMQP connection that looks at (and tampers with) the broker
+  behind the backend's back: ready counts through a passive `queue.declare`, messages
+  through `basic.get`, deletions.
+- `Received`: a message read back from a queue, the same shape on every backend.
+- `Recorder`: a worker that records each delivery and runs a scripted behaviour; tests wait
+  on its records (an `asyncio.Condition`), never on a sleep.
+- `wait_until`: poll broker state with a deadline (for what no event can tell).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+
+from foxwork import Message, MessageProperties, Worker
+from foxwork.backends.rabbitmq import RabbitMQBackend
+
+__all__ = [
+    "Behaviour",
+    "Delivery",
+    "RabbitProbe",
+    "Received",
+    "Recorder",
+    "delete_topology",
+    "fail_while",
+    "wait_until",
+]
+
+#: Seconds a test waits for something that normally takes milliseconds.
+DEFAULT_WAIT = 10.0
+
+
+async def wait_until(
+    condition: Callable[[], Awaitable[bool]],
+    *,
+    what: str,
+    timeout: float = DEFAULT_WAIT,
+    interval: float = 0.05,
+) -> None:
+    """Poll `condition` until it is true; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting until {what}")
+        await asyncio.sleep(interval)
+
+
+# -- reading queues ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Received:
+    """A message read back from a queue (not through foxwork), for assertions."""
+
+    body: bytes
+    properties: MessageProperties
+    routing_key: str | None = None
+    exchange: str | None = None
+    redelivered: bool = False
+
+    @property
+    def headers(self) -> Mapping[str, Any]:
+        return self.properties.headers
+
+    @property
+    def message_id(self) -> str | None:
+        return self.properties.message_id
+
+
+def _received(message: AbstractIncomingMessage) -> Received:
+    # Mapped field by field from aio-pika's view, independently of foxwork's own converter.
+    properties = MessageProperties(
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        priority=message.priority,
+        message_type=message.type,
+        user_id=message.user_id,
+        app_id=message.app_id,
+        reply_to=message.reply_to,
+        correlation_id=message.correlation_id,
+        message_id=message.message_id,
+        timestamp=message.timestamp,
+        headers=dict(message.headers or {}),
+        delivery_mode=int(message.delivery_mode or 1),
+    )
+    return Received(
+        body=message.body,
+        properties=properties,
+        routing_key=message.routing_key,
+        exchange=message.exchange,
+        redelivered=bool(message.redelivered),
+    )
+
+
+class RabbitProbe:
+    """A separate connection for inspecting queues and breaking things under a backend.
+
+    Every operation uses a fresh channel: a passive declare of a missing queue, or any
+    other error, closes only that channel.
+    """
+
+    def __init__(self, url: str, *, connection_name: str) -> None:
+        self._url = url
+        self._name = connection_name
+        self._connection: AbstractConnection | None = None
+
+    async def connect(self) -> None:
+        self._connection = await aio_pika.connect(
+            self._url,
+            timeout=10,
+            client_properties={"connection_name": f"probe {self._name}"},
+        )
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+    @contextlib.asynccontextmanager
+    async def channel(self) -> AsyncIterator[AbstractChannel]:
+        """A channel for one operation, closed afterwards."""
+        assert self._connection is not None, "call connect() first"
+        channel = await self._connection.channel()
+        try:
+            yield channel
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+
+    async def ready(self, queue: str) -> int | None:
+        """Messages ready in `queue` (not the unacked ones), or None when it does not exist."""
+        try:
+            async with self.channel() as channel:
+                declared = await channel.declare_queue(queue, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return None
+        count = declared.declaration_result.message_count
+        assert count is not None
+        return count
+
+    async def exists(self, queue: str) -> bool:
+        return await self.ready(queue) is not None
+
+    async def wait_for_ready(self, queue: str, count: int, *, timeout: float = DEFAULT_WAIT) -> None:
+        """Wait until `queue` holds exactly `count` ready messages."""
+
+        async def reached() -> bool:
+            return await self.ready(queue) == count
+
+        await wait_until(reached, what=f"{queue!r} holds {count} ready message(s)", timeout=timeout)
+
+    async def take(self, queue: str) -> list[Received]:
+        """Remove and return every ready message of `queue`, in queue order."""
+        taken: list[Received] = []
+        async with self.channel() as channel:
+            declared = await channel.declare_queue(queue, passive=True)
+            while (message := await declared.get(no_ack=True, fail=False, timeout=5)) is not None:
+                taken.append(_received(message))
+        return taken
+
+    async def peek(self, queue: str) -> list[Received]:
+        """The ready messages of `queue`, left in place (fetched unacked, then the channel
+        closes and the broker puts them back, marked redelivered)."""
+        seen: list[Received] = []
+        async with self.channel() as channel:
+            declared = await channel.declare_queue(queue, passive=True)
+            while (message := await declared.get(no_ack=False, fail=False, timeout=5)) is not None:
+                seen.append(_received(message))
+        return seen
+
+    async def publish(
+        self,
+        body: bytes,
+        *,
+        routing_key: str,
+        exchange: str = "",
+        **properties: Any,
+    ) -> None:
+        """Publish as a foreign application would (aio-pika, no foxwork)."""
+        async with self.channel() as channel:
+            target = (
+                channel.default_exchange
+                if not exchange
+                else await channel.get_exchange(exchange, ensure=False)
+            )
+            await target.publish(aio_pika.Message(body, **properties), routing_key=routing_key)
+
+    async def declare_plain_queue(self, queue: str, **arguments: Any) -> None:
+        """A durable queue declared by someone other than foxwork (with these arguments)."""
+        async with self.channel() as channel:
+            await channel.declare_queue(queue, durable=True, arguments=arguments or None)
+
+    async def delete_queues(self, *names: str) -> None:
+        async with self.channel() as channel:
+            for name in names:
+                await channel.queue_delete(name)
+
+    async def delete_exchanges(self, *names: str) -> None:
+        async with self.channel() as channel:
+            for name in names:
+                await channel.exchange_delete(name)
+
+
+async def delete_topology(probe: RabbitProbe, backend: RabbitMQBackend) -> None:
+    """Delete every queue and exchange `backend` may have declared (best effort)."""
+    config = backend.config
+    queues: list[str] = []
+    exchanges: list[str] = [config.exchange] if config.exchange else []
+    # The retry tiers the backend declared: read from its topology, the only record of them.
+    tiers: Iterable[tuple[str, int]] = list(backend.topology._tiers)
+    for queue in config.queues:
+        names = config.names(queue)
+        queues += [queue, names.dead_letter_queue]
+        queues += [names.retry_queue(ms) for q, ms in tiers if q == queue]
+        exchanges.append(names.retry_exchange)
+    with contextlib.suppress(aiormq.exceptions.AMQPError):
+        await probe.delete_queues(*queues)
+    with contextlib.suppress(aiormq.exceptions.AMQPError):
+        await probe.delete_exchanges(*exchanges)
+
+
+# -- the recording worker ----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Delivery:
+    """One call of `Recorder.process`: what the worker saw."""
+
+    id: str
+    attempt: int
+    retry_attempt: Any
+    redelivered: bool
+    message_id: str | None
+    routing_key: str
+    exchange: str
+    headers: Mapping[str, Any]
+    properties: MessageProperties
+    payload: Any
+    at: float
+
+
+#: What a `Recorder` does with a message: return to succeed, raise to fail.
+Behaviour = Callable[[Message[Any]], Awaitable[None]]
+
+
+async def _succeed(message: Message[Any]) -> None:
+    return None
+
+
+def fail_while(
+    condition: Callable[[Message[Any]], bool],
+    error: Callable[[Message[Any]], BaseException] = lambda m: RuntimeError("scripted failure"),
+) -> Behaviour:
+    """A behaviour that raises `error(message)` while `condition(message)` holds."""
+
+    async def behaviour(message: Message[Any]) -> None:
+        if condition(message):
+            raise error(message)
+
+    return behaviour
+
+
+class Recorder(Worker[Any]):
+    """Records every delivery, runs `behaviour`, and records the successes.
+
+    Tests wait for what they need with `wait_for(predicate)`.
+    """
+
+    def __init__(self, behaviour: Behaviour = _succeed, *, id: str | None = None) -> None:
+        super().__init__(id)
+        self.behaviour = behaviour
+        self.deliveries: list[Delivery] = []
+        self.processed: list[str] = []
+        self._changed = asyncio.Condition()
+
+    async def process(self, message: Message[Any]) -> None:
+        self.deliveries.append(
+            Delivery(
+                id=message.id,
+                attempt=message.attempt,
+                retry_attempt=message.headers.get("x-retry-attempt"),
+                redelivered=message.redelivered,
+                message_id=message.properties.message_id,
+                routing_key=message.routing_key,
+                exchange=message.exchange,
+                headers=dict(message.headers),
+                properties=message.properties,
+                payload=message.payload,
+                at=asyncio.get_running_loop().time(),
+            )
+        )
+        await self._notify()
+        await self.behaviour(message)
+        self.processed.append(message.id)
+        await self._notify()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    def of(self, message_id: str) -> list[Delivery]:
+        """The deliveries of one message, in order."""
+        return [d for d in self.deliveries if d.id == message_id]
+
+    async def wait_for(
+        self, predicate: Callable[[Recorder], bool], *, what: str, timeout: float = DEFAULT_WAIT
+    ) -> None:
+        """Wait until `predicate(self)` holds; fail the test after `timeout` seconds."""
+        try:
+            async with asyncio.timeout(timeout), self._changed:
+                await self._changed.wait_for(lambda: predicate(self))
+        except TimeoutError:
+            raise AssertionError(
+                f"timed out after {timeout} s waiting until {what}; deliveries: "
+                f"{[(d.id, d.attempt) for d in self.deliveries]}, processed: {self.processed}"
+            ) from None
+
+    async def wait_processed(self, *ids: str, timeout: float = DEFAULT_WAIT) -> None:
+        await self.wait_for(
+            lambda r: all(i in r.processed for i in ids),
+            what=f"{', '.join(ids)} processed",
+            timeout=timeout,
+        )

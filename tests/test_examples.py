@@ -1,0 +1,119 @@
+"""Every example script and every marked README snippet runs and exits 0.
+
+Conventions:
+    examples/*.py: each file is run as `python examples/NAME.py`. A line
+        `# requires: rabbitmq` in it means it needs a broker: it then runs with
+        `FOXWORK_URL` set to the test broker, and is marked `rabbitmq`.
+    README.md: a ```python block directly after `<!-- test: run -->` is run as a script.
+        A block directly after `<!-- example: examples/NAME.py -->` must be that file,
+        verbatim; the file itself is run here and type-checked by mypy.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+#: Seconds one example or snippet may run.
+RUN_TIMEOUT = 60.0
+
+_REQUIRES_BROKER = re.compile(r"^# requires: rabbitmq\s*$", re.MULTILINE)
+_MARKER = re.compile(r"<!--\s*(test:\s*run|example:\s*(?P<path>\S+))\s*-->")
+_FENCE = re.compile(r"^```python\n(?P<code>.*?)^```", re.MULTILINE | re.DOTALL)
+
+
+def _needs_broker(path: Path) -> bool:
+    return bool(_REQUIRES_BROKER.search(path.read_text()))
+
+
+def _readme_blocks() -> list[tuple[int, str | None, str]]:
+    """(line number, example path or None for `test: run`, code) of each marked block."""
+    text = README.read_text()
+    blocks = []
+    for fence in _FENCE.finditer(text):
+        before = text[: fence.start()].rstrip().rsplit("\n", 1)[-1]
+        marker = _MARKER.fullmatch(before.strip())
+        if marker is not None:
+            line = text.count("\n", 0, fence.start()) + 1
+            blocks.append((line, marker.group("path"), fence.group("code")))
+    return blocks
+
+
+def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
+
+
+def _env_without_broker() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "FOXWORK_URL"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(p, id=p.name, marks=[pytest.mark.rabbitmq] if _needs_broker(p) else [])
+        for p in EXAMPLES
+    ],
+)
+def test_example_runs_and_exits_0(path: Path, request: pytest.FixtureRequest):
+    # Given an example script, and a broker when it says it needs one
+    env = _env_without_broker()
+    if _needs_broker(path):
+        env["FOXWORK_URL"] = request.getfixturevalue("rabbitmq_url")
+    # When it is run as a user runs it
+    result = _run([str(path.relative_to(ROOT))], env)
+    # Then it exits 0
+    assert result.returncode == 0, f"{path.name} failed:\n{result.stdout}\n{result.stderr}"
+
+
+@pytest.mark.parametrize(
+    ("line", "code"),
+    [
+        pytest.param(line, code, id=f"README.md:{line}")
+        for line, path, code in _readme_blocks()
+        if path is None
+    ],
+)
+def test_runnable_readme_snippet_exits_0(line: int, code: str, tmp_path: Path):
+    # Given a README snippet marked runnable
+    script = tmp_path / "snippet.py"
+    script.write_text(code)
+    # When it is run as a script
+    result = _run([str(script)], _env_without_broker())
+    # Then it exits 0
+    assert result.returncode == 0, f"README.md:{line} failed:\n{result.stdout}\n{result.stderr}"
+
+
+@pytest.mark.parametrize(
+    ("line", "path", "code"),
+    [
+        pytest.param(line, path, code, id=f"README.md:{line}")
+        for line, path, code in _readme_blocks()
+        if path is not None
+    ],
+)
+def test_readme_example_block_is_the_example_file_verbatim(line: int, path: str, code: str):
+    # Given a README block that shows an example file
+    example = ROOT / path
+    # Then it is that file, word for word (so what readers copy is run and type-checked)
+    assert example.is_file(), f"README.md:{line} refers to missing {path}"
+    assert code == example.read_text(), f"README.md:{line} differs from {path}"
+
+
+def test_the_readme_quick_start_is_a_tested_example():
+    # The quick start is what most readers copy: it must be one of the checked blocks.
+    assert "examples/quickstart.py" in [path for _, path, _ in _readme_blocks()]

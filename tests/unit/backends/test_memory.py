@@ -1,0 +1,303 @@
+"""MemoryBackend: the in-process broker keeps RabbitMQ's observable semantics."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from foxwork import (
+    ConfigurationError,
+    ConnectionLost,
+    Message,
+    MessageProperties,
+    PublishNotConfirmed,
+)
+from foxwork.backends import MemoryBackend
+
+SOON = 2.0
+
+
+class Inbox:
+    """A consumer handler that keeps every delivery, unsettled, for the test to settle."""
+
+    def __init__(self) -> None:
+        self.deliveries: asyncio.Queue[Message[Any]] = asyncio.Queue()
+
+    async def __call__(self, message: Message[Any]) -> None:
+        self.deliveries.put_nowait(message)
+
+    async def next(self) -> Message[Any]:
+        return await asyncio.wait_for(self.deliveries.get(), SOON)
+
+
+def test_max_body_size_below_one_byte_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="max_body_size=0 must be at least 1 byte"):
+        MemoryBackend(max_body_size=0)
+
+
+async def test_it_works_as_an_async_context_manager() -> None:
+    # Given
+    backend = MemoryBackend()
+
+    # When / Then
+    async with backend as connected:
+        assert connected is backend and backend.is_connected
+    assert not backend.is_connected
+
+
+async def test_deliveries_carry_the_message_and_its_origin(
+    memory_backend: MemoryBackend, queue_name: str
+) -> None:
+    # Given
+    props = MessageProperties(message_id="m-1", headers={"x-tenant": "acme"})
+    await memory_backend.add_message(queue_name, {"sku": "A-1"}, props)
+    inbox = Inbox()
+
+    # When
+    await memory_backend.consume(queue_name, inbox, prefetch=1)
+    message = await inbox.next()
+
+    # Then
+    assert message.body == b'{"sku":"A-1"}'
+    assert message.payload == {"sku": "A-1"}
+    assert message.properties.content_type == "application/json"
+    assert (message.id, message.queue, message.routing_key) == ("m-1", queue_name, queue_name)
+    assert message.headers == {"x-tenant": "acme"}
+    assert (message.attempt, message.redelivered, message.exchange) == (1, False, "")
+
+
+async def test_messages_are_delivered_in_queue_order(
+    memory_backend: MemoryBackend, queue_name: str
+) -> None:
+    # Given
+    for n in range(5):
+        await memory_backend.add_message(queue_name, n)
+    inbox = Inbox()
+    await memory_backend.consume(queue_name, inbox, prefetch=5)
+
+    # When
+    received = [await inbox.next() for _ in range(5)]
+
+    # Then
+    assert [m.payload for m in received] == [0, 1, 2, 3, 4]
+
+
+async def test_at_most_prefetch_deliveries_are_unsettled_at_a_time(
+    memory_backend: MemoryBackend, queue_name: str
+) -> None:
+    # Given three messages and a prefetch of two
+    for n in range(3):
+        await memory_backend.add_message(queue_name, n)
+    inbox = Inbox()
+    await memory_backend.consume(queue_name, inbox, prefetch=2)
+    first, second = await inbox.next(), await inbox.next()
+
+    # Then the third waits in the queue
+    assert memory_backend.messages(queue_name)[0].body == b"2"
+    assert inbox.deliveries.empty()
+
+    # When one is acked, the third is delivered
+    await first.ack()
+    third = await inbox.next()
+    assert third.payload == 2
+    await second.ack()
+    await third.ack()
+    await memory_backend.join(queue_name, timeout=SOON)
+
+
+async def test_a_nack_with_requeue_redelivers_first_and_marked_redelivered(
+    memory_backend: MemoryBackend, queue_name: str
+) -> None:
+    # Given
+    await memory_backend.add_message(queue_name, "a")
+    await memory_backend.add_message(queue_name, "b")
+    inbox = Inbox()
+    await memory_backend.consume(queue_name, inbox, prefetch=1)
+    first = await inbox.next()
+
+    # When
+    await first.nack(requeue=True)
+
+    # Then
+    again = await inbox.next()
+    assert again.payload == "a" and again.redelivered
+    await again.ack()
+    assert (await inbox.next()).payload == "b"
+
+
+async def test_a_nack_without_requeue_discards_the_message(
+    memory_backend: MemoryBackend, queue_name: str
+) -> None:
+    # Given
+    await memory_backend.add_message(queue_name, "a")
+    inbox = Inbox()
+    await memory_backend.consume(queue_name, inbox, prefetch=1)
+
+    # When
+    await (await inbox.next()).reject()
+
+    # Then
+    await memory_backend.join(queue_name, timeout=SOON)
+    assert memory_backend.depth(queue_name) == 0
+    assert memory_backend.dead_letters(queue_name) == []
+
+
+async def test_a_retried_copy_comes_back_after_its_delay_with_the_attempt_header(
+    memory_backend: MemoryBackend, queue_name: str
+) -> None:
+    # Given a first delivery
+    await memory_backend.add_message(
+        queue_name, "job", MessageProperties(headers={"x-tenant": "acme"})
+    )
+    inbox = Inbox()
+    await memory_backend.consume(queue_name, inbox, prefetch=1)
+    first = await inbox.next()
+
+    # When it is retried after 10 ms
+    assert await first.retry(0.01)
+
+    # Then it is counted as waiting, then comes back as attempt 2 with the same id
+    assert memory_backend.depth(queue_name) == 1
+    assert memory_backend.retried[queue_name] == 1
+    second = await inbox.next()
+    assert second.attempt == 2
+    assert second.headers == {"x-tenant": "acme", "x-retry-attempt": 1}
+    assert second.id == first.id
+    await second.ack()
+    await memory_backend.join(queue_name, timeout=SOON)
+
+
+async def test_a_dead_letter_lands_in_the_dlq_with_its_headers(
+    memory_backend: MemoryBackend, queue_name: str
+) -> None:
+    # Given
+    await memory_backend.add_message(queue_name, "job")
+    inbox = Inbox()
+    await memory_backend.consume(queue_name, inbox, prefetch=1)
+
+    # When
+    assert await (await inbox.next()).dead_letter("broken")
+
+    # Then
+    await memory_backend.join(queue_name, timeout=SOON)
+    [dead] = memory_backend.dead_letters(queue_name)
+    assert dead.body == b"job"
+    assert dead.routing_key == f"{queue_name}-dlq"
+    assert dead.headers["x-failure-reason"] == "broken"
+    assert dead.headers["x-original-queue"] == queue_name
+
+
+async def test_publishing_to_a_queue_that_does_not_exist_is_not_confirmed(
+    memory_backend: MemoryBackend, queue_name: str
+) -> None:
+    with pytest.raises(PublishNotConfirmed, match="unroutable"):
+        await memory_backend.publish(queue_name, b"x")
+    with pytest.raises(PublishNotConfirmed, match="unroutable"):
+        await memory_backend.publish(queue_name, b"x", exchange="amq.topic")
+
+
+async def test_publish_to_a_declared_queue_enqueues_it(
+    memory_backend: MemoryBackend, queue_name: str
+) -> None:
+    # Given
+    await memory_backend.declare(queue_name)
+
+    # When
+    await memory_backend.publish(queue_name, b"x", MessageProperties(priority=1))
+
+    # Then
+    [stored] = memory_backend.messages(queue_name)
+    assert (stored.body, stored.properties.priority) == (b"x", 1)
+    assert memory_backend.dead_letters(queue_name) == []
+
+
+async def test_a_disconnected_backend_refuses_to_publish_or_consume(queue_name: str) -> None:
+    # Given
+    backend = MemoryBackend(queues=[queue_name])
+
+    # When / Then
+    with pytest.raises(ConnectionLost, match="call connect\\(\\) first"):
+        await backend.publish(queue_name, b"x")
+    with pytest.raises(ConnectionLost):
+        await backend.consume(queue_name, Inbox(), prefetch=1)
+    assert backend.health()["connected"] is False
+
+
+async def test_messages_can_be_preloaded_before_connecting(queue_name: str) -> None:
+    # Given
+    backend = MemoryBackend()
+
+    # When
+    await backend.enqueue_with_properties(queue_name, b"early", MessageProperties())
+
+    # Then
+    assert [m.body for m in backend.messages(queue_name)] == [b"early"]
+
+
+async def test_close_puts_unsettled_deliveries_back_marked_redelivered(queue_name: str) -> None:
+    # Given a delivery nobody settled
+    backend = MemoryBackend()
+    await backend.connect()
+    await backend.add_message(queue_name, "a")
+    inbox = Inbox()
+    consumer = await backend.consume(queue_name, inbox, prefetch=1)
+    await inbox.next()
+
+    # When
+    await backend.close()
+    await backend.close()
+
+    # Then
+    assert not consumer.active
+    [stored] = backend.messages(queue_name)
+    assert stored.redelivered
+    assert backend.depth(queue_name) == 1
+
+
+async def test_cancel_stops_delivering_and_is_idempotent(
+    memory_backend: MemoryBackend, queue_name: str
+) -> None:
+    # Given
+    inbox = Inbox()
+    consumer = await memory_backend.consume(queue_name, inbox, prefetch=1)
+    assert consumer.active and consumer.queue == queue_name
+
+    # When
+    await consumer.cancel()
+    await consumer.cancel()
+    await memory_backend.add_message(queue_name, "late")
+
+    # Then
+    assert not consumer.active
+    assert inbox.deliveries.empty()
+    assert len(memory_backend.messages(queue_name)) == 1
+
+
+async def test_join_times_out_saying_how_busy_the_queue_is(
+    memory_backend: MemoryBackend, queue_name: str
+) -> None:
+    # Given a queue with one waiting message
+    await memory_backend.add_message(queue_name, "a")
+
+    # When / Then
+    with pytest.raises(TimeoutError, match="1 ready, 0 unacked, 0 delayed"):
+        await memory_backend.join(queue_name, timeout=0.01)
+
+
+async def test_an_oversize_body_is_delivered_marked_as_poison(queue_name: str) -> None:
+    # Given
+    backend = MemoryBackend(max_body_size=4)
+    await backend.connect()
+    await backend.enqueue_with_properties(queue_name, b"12345", MessageProperties())
+    inbox = Inbox()
+    await backend.consume(queue_name, inbox, prefetch=1)
+
+    # When
+    message = await inbox.next()
+
+    # Then
+    assert message.poison == "body of 5 bytes exceeds max_body_size of 4 bytes"
+    await message.ack()
+    await backend.close()

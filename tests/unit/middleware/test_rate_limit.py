@@ -1,0 +1,145 @@
+"""RateLimitMiddleware: a sustained rate with bursts; over-limit messages wait, never fail."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from foxwork import ConfigurationError, Message, SettleState
+from foxwork.backends import MemoryBackend
+from foxwork.middleware import AckNackMiddleware, RateLimitMiddleware
+from tests.conftest import PoolFactory, run_until_idle
+
+from ..helpers import RecordingWorker, make_message
+
+
+def tenant(message: Message[Any]) -> str:
+    return str(message.headers["tenant"])
+
+
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [
+        ("rate", 0),
+        ("rate", -5.0),
+        ("burst", 0.5),
+        ("key", "tenant"),
+        ("max_keys", 0),
+    ],
+)
+def test_an_invalid_argument_is_refused_naming_it_and_its_value(
+    argument: str, value: object
+) -> None:
+    kwargs: dict[str, Any] = {"rate": 10, argument: value}
+    with pytest.raises(ConfigurationError) as caught:
+        RateLimitMiddleware(**kwargs)
+    assert f"{argument}={value!r}" in str(caught.value)
+
+
+@pytest.mark.parametrize(("rate", "burst"), [(50, 50.0), (0.2, 1.0)])
+def test_the_default_burst_is_one_second_of_rate_and_at_least_one(
+    rate: float, burst: float
+) -> None:
+    assert RateLimitMiddleware(rate=rate).burst == burst
+
+
+async def test_messages_within_the_burst_pass_at_once_and_the_next_one_waits() -> None:
+    # Given a limit of 20/s with bursts of 3
+    limiter = RateLimitMiddleware(rate=20, burst=3)
+    passed: list[Message[Any]] = []
+
+    async def call_next(message: Message[Any]) -> None:
+        passed.append(message)
+
+    # When four messages arrive at once
+    started = time.monotonic()
+    for _ in range(3):
+        await limiter(make_message(), call_next)
+    burst_done = time.monotonic()
+    fourth = make_message()
+    await limiter(fourth, call_next)
+    fourth_done = time.monotonic()
+
+    # Then the burst passes, and the fourth waits about 1/20 s; it is not failed or settled
+    assert len(passed) == 4
+    assert burst_done - started < 0.04
+    assert fourth_done - burst_done >= 0.04
+    assert fourth.state is SettleState.PENDING
+
+
+async def test_each_key_has_its_own_limit() -> None:
+    # Given a limit per tenant of 20/s with bursts of 2
+    limiter = RateLimitMiddleware(rate=20, burst=2, key=tenant)
+    finished: list[tuple[str, float]] = []
+    started = time.monotonic()
+
+    async def call_next(message: Message[Any]) -> None:
+        finished.append((message.headers["name"], time.monotonic() - started))
+
+    def send(name: str) -> asyncio.Task[None]:
+        message = make_message(headers={"tenant": name[0], "name": name})
+        return asyncio.create_task(limiter(message, call_next))
+
+    # When tenant "a" sends three messages and tenant "b" two, all at once
+    await asyncio.gather(*(send(name) for name in ["a1", "a2", "b1", "b2", "a3"]))
+
+    # Then only the third message of "a" was over its limit, and it waited about 1/20 s
+    names = [name for name, _ in finished]
+    assert sorted(names[:4]) == ["a1", "a2", "b1", "b2"]
+    assert names[4] == "a3"
+    assert finished[4][1] >= 0.04
+
+
+async def test_keys_beyond_max_keys_forget_the_least_recently_used() -> None:
+    # Given at most two per-key limiters, for keys "a" and "b", "a" used last
+    limiter = RateLimitMiddleware(rate=0.001, burst=1, key=tenant, max_keys=2)
+    for name in ["a", "b", "a"]:
+        limiter.limiter_for(name)
+    kept_a = limiter.limiter_for("a")
+
+    # When a third key arrives
+    limiter.limiter_for("c")
+
+    # Then "b" was forgotten, "a" kept
+    assert limiter.key_count == 2
+    assert limiter.limiter_for("a") is kept_a
+    assert limiter.key_count == 2
+
+
+async def test_without_a_key_all_messages_share_one_limit() -> None:
+    limiter = RateLimitMiddleware(rate=0.001, burst=1)
+    await limiter(make_message(headers={"tenant": "a"}), _noop)
+
+    assert not limiter.limiter_for("b").has_capacity()
+    assert limiter.key_count == 0
+
+
+async def _noop(message: Message[Any]) -> None:
+    pass
+
+
+@pytest.mark.slow
+async def test_a_pool_of_200_messages_at_50_per_second_with_bursts_of_10_takes_about_4_s(
+    make_pool: PoolFactory, memory_backend: MemoryBackend, queue_name: str
+) -> None:
+    # Given 200 messages and a pool limited to 50/s with bursts of 10
+    worker = RecordingWorker()
+    pool = make_pool(
+        worker,
+        middleware=[AckNackMiddleware(), RateLimitMiddleware(rate=50, burst=10)],
+        concurrency_limit=20,
+    )
+    for n in range(200):
+        await memory_backend.add_message(queue_name, {"n": n})
+
+    # When
+    started = time.monotonic()
+    await run_until_idle(pool, memory_backend, queue_name, timeout=10)
+    elapsed = time.monotonic() - started
+
+    # Then 10 pass at once and 190 at 50/s: 3.8 s
+    assert len(worker.payloads) == 200
+    assert 3.6 <= elapsed <= 4.4

@@ -1,0 +1,404 @@
+"""RetryMiddleware: backoff on the broker, then the dead-letter queue."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from foxwork import (
+    ConfigurationError,
+    DeadLetter,
+    Drop,
+    MessageProperties,
+    PoisonMessage,
+    RetryLater,
+    SettleState,
+)
+from foxwork.backends import MemoryBackend
+from foxwork.middleware import AckNackMiddleware, RetryMiddleware
+from tests.conftest import PoolFactory, run_until_idle
+
+from ..helpers import FailingWorker, RecordingSettler, make_message, raising, succeed
+
+#: Tiny delays keep the MemoryBackend's real retry timers in the milliseconds.
+FAST = {"initial_backoff": 0.01, "max_backoff": 0.02, "jitter": 0.0}
+
+
+class Boom(Exception):
+    pass
+
+
+# -- configuration ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"max_attempts": 0}, "max_attempts=0"),
+        ({"max_attempts": -1}, "max_attempts=-1"),
+        ({"max_attempts": 2.5}, "max_attempts=2.5"),
+        ({"max_attempts": True}, "max_attempts=True"),
+        ({"initial_backoff": -1}, "initial_backoff=-1"),
+        ({"initial_backoff": 5, "max_backoff": 1}, "max_backoff=1"),
+        ({"backoff_multiplier": 0.5}, "backoff_multiplier=0.5"),
+        ({"jitter": 1.5}, "jitter=1.5"),
+        ({"jitter": -0.1}, "jitter=-0.1"),
+        ({"max_redeliveries": 0}, "max_redeliveries=0"),
+    ],
+)
+def test_bad_settings_are_refused_naming_the_argument_and_value(
+    kwargs: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=named):
+        RetryMiddleware(**kwargs)
+
+
+def test_defaults_are_five_attempts_from_one_second_doubling() -> None:
+    middleware = RetryMiddleware()
+    assert (middleware.max_attempts, middleware.initial_backoff) == (5, 1.0)
+    assert (middleware.backoff_multiplier, middleware.max_backoff) == (2.0, 300.0)
+    assert "max_attempts=5" in repr(middleware)
+
+
+# -- the backoff schedule ---------------------------------------------------------------
+
+
+def test_backoff_without_jitter_doubles_up_to_the_maximum() -> None:
+    # Given
+    middleware = RetryMiddleware(
+        initial_backoff=1.0, backoff_multiplier=2.0, max_backoff=10.0, jitter=0.0
+    )
+
+    # When
+    schedule = [middleware.backoff(failed) for failed in range(1, 8)]
+
+    # Then
+    assert schedule == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0]
+
+
+def test_backoff_with_multiplier_one_is_constant() -> None:
+    middleware = RetryMiddleware(initial_backoff=3.0, backoff_multiplier=1.0, jitter=0.0)
+    assert {middleware.backoff(failed) for failed in range(1, 6)} == {3.0}
+
+
+def test_jitter_spreads_delays_within_its_fraction_and_never_past_the_maximum() -> None:
+    # Given
+    middleware = RetryMiddleware(initial_backoff=10.0, max_backoff=20.0, jitter=0.1)
+
+    # When
+    first = [middleware.backoff(1) for _ in range(500)]
+    capped = [middleware.backoff(5) for _ in range(500)]
+
+    # Then
+    assert all(9.0 <= delay <= 11.0 for delay in first)
+    assert len(set(first)) > 1
+    assert all(18.0 <= delay <= 20.0 for delay in capped)
+
+
+# -- settlement decisions, against a recording settler ----------------------------------
+
+
+async def test_a_failure_before_the_last_attempt_is_retried_with_the_backoff_delay() -> None:
+    # Given
+    settler = RecordingSettler()
+    middleware = RetryMiddleware(max_attempts=3, initial_backoff=2.0, jitter=0.0)
+    message = make_message(settler=settler, headers={"x-retry-attempt": 1})
+
+    # When the second attempt fails
+    with pytest.raises(Boom):
+        await middleware(message, raising(Boom()))
+
+    # Then a copy goes out with the second delay, and the failure still reaches outer layers
+    assert settler.calls == [("publish_retry", 4.0), ("ack", None)]
+    assert message.state is SettleState.RETRIED
+
+
+async def test_retry_later_uses_its_own_delay() -> None:
+    # Given
+    settler = RecordingSettler()
+    middleware = RetryMiddleware(initial_backoff=1.0, jitter=0.0)
+
+    # When
+    with pytest.raises(RetryLater):
+        await middleware(make_message(settler=settler), raising(RetryLater(delay=7.5)))
+
+    # Then
+    assert settler.calls == [("publish_retry", 7.5), ("ack", None)]
+
+
+async def test_retry_later_on_the_last_attempt_dead_letters() -> None:
+    # Given
+    settler = RecordingSettler()
+    middleware = RetryMiddleware(max_attempts=2)
+
+    # When
+    with pytest.raises(RetryLater):
+        await middleware(
+            make_message(settler=settler, headers={"x-retry-attempt": 1}),
+            raising(RetryLater(delay=1.0)),
+        )
+
+    # Then
+    assert settler.names == ["publish_dead_letter", "ack"]
+    assert settler.calls[0][1]["x-final-attempt"] == 2
+
+
+@pytest.mark.parametrize("error", [DeadLetter("unknown SKU"), PoisonMessage("bad body")])
+async def test_dead_letter_and_poison_skip_the_retries(error: DeadLetter) -> None:
+    # Given a first attempt with plenty of attempts left
+    settler = RecordingSettler()
+
+    # When
+    with pytest.raises(DeadLetter):
+        await RetryMiddleware(max_attempts=5)(make_message(settler=settler), raising(error))
+
+    # Then
+    assert settler.names == ["publish_dead_letter", "ack"]
+    assert settler.calls[0][1]["x-failure-reason"] == error.reason
+
+
+async def test_drop_passes_through_unsettled_for_the_ack_layer() -> None:
+    # Given
+    settler = RecordingSettler()
+    message = make_message(settler=settler)
+
+    # When
+    with pytest.raises(Drop):
+        await RetryMiddleware()(message, raising(Drop()))
+
+    # Then
+    assert settler.calls == []
+    assert not message.settled
+
+
+async def test_success_settles_nothing_itself() -> None:
+    # Given
+    settler = RecordingSettler()
+    message = make_message(settler=settler)
+
+    # When
+    await RetryMiddleware()(message, succeed)
+
+    # Then
+    assert settler.calls == []
+
+
+async def test_an_unconfirmed_retry_copy_requeues_the_original() -> None:
+    # Given a broker that nacks the copy
+    settler = RecordingSettler(confirm=False)
+    message = make_message(settler=settler)
+
+    # When
+    with pytest.raises(Boom):
+        await RetryMiddleware()(message, raising(Boom()))
+
+    # Then
+    assert settler.calls == [("nack", True)]
+    assert message.state is SettleState.REQUEUED
+
+
+# -- crash loops ------------------------------------------------------------------------
+
+
+async def test_a_message_redelivered_max_redeliveries_times_is_dead_lettered() -> None:
+    # Given a classic queue redelivering the same message after each crash
+    middleware = RetryMiddleware(max_redeliveries=3)
+    settlers = [RecordingSettler() for _ in range(3)]
+    processed = []
+
+    async def worker(message: Any) -> None:
+        processed.append(message.id)
+        raise SystemExit  # the process "dies": nothing settles the delivery
+
+    # When it comes back redelivered three times
+    outcomes = []
+    for settler in settlers:
+        message = make_message(settler=settler, redelivered=True, message_id="order-7")
+        try:
+            await middleware(message, worker)
+        except SystemExit:
+            outcomes.append("crashed")
+        except DeadLetter as exc:
+            outcomes.append(str(exc))
+
+    # Then the first two reach the worker and the third goes to the DLQ unprocessed
+    assert outcomes[:2] == ["crashed", "crashed"]
+    assert "redelivered 3 times" in outcomes[2]
+    assert len(processed) == 2
+    assert settlers[2].names == ["publish_dead_letter", "ack"]
+    assert "max_redeliveries=3" in settlers[2].calls[0][1]["x-failure-reason"]
+
+
+async def test_a_redelivered_message_that_succeeds_is_forgotten() -> None:
+    # Given a message that crashed twice and then succeeded
+    middleware = RetryMiddleware(max_redeliveries=3)
+    for _ in range(2):
+        await middleware(make_message(redelivered=True, message_id="order-8"), succeed)
+
+    # When it is redelivered twice more
+    settler = RecordingSettler()
+    for _ in range(2):
+        await middleware(
+            make_message(settler=settler, redelivered=True, message_id="order-8"), succeed
+        )
+
+    # Then the count started over and it was never dead-lettered
+    assert settler.calls == []
+
+
+async def test_a_quorum_delivery_count_at_the_limit_dead_letters() -> None:
+    # Given
+    settler = RecordingSettler()
+    message = make_message(settler=settler, redelivered=True, delivery_count=5)
+
+    # When
+    with pytest.raises(DeadLetter, match="redelivered 5 times"):
+        await RetryMiddleware(max_redeliveries=5)(message, succeed)
+
+    # Then
+    assert settler.names == ["publish_dead_letter", "ack"]
+
+
+async def test_first_deliveries_are_never_counted_as_crash_loops() -> None:
+    middleware = RetryMiddleware(max_redeliveries=1)
+    for _ in range(3):
+        await middleware(make_message(message_id="order-9"), succeed)
+
+
+async def test_max_redeliveries_none_disables_the_count() -> None:
+    settler = RecordingSettler()
+    await RetryMiddleware(max_redeliveries=None)(
+        make_message(settler=settler, redelivered=True, delivery_count=100), succeed
+    )
+    assert settler.calls == []
+
+
+# -- end to end on the MemoryBackend ----------------------------------------------------
+
+
+async def test_a_message_failing_twice_is_processed_on_its_third_attempt(
+    make_pool: PoolFactory, memory_backend: MemoryBackend, queue_name: str
+) -> None:
+    # Given a worker that fails twice, then succeeds
+    worker = FailingWorker(lambda: Boom("flaky"), times=2)
+    pool = make_pool(worker, middleware=[AckNackMiddleware(), RetryMiddleware(**FAST)])
+    await memory_backend.add_message(queue_name, {"order": 1})
+
+    # When
+    await run_until_idle(pool, memory_backend, queue_name, expect_failures=True)
+
+    # Then
+    assert worker.attempts == [1, 2, 3]
+    assert worker.retry_headers == [None, 1, 2]
+    assert worker.succeeded.is_set()
+    assert memory_backend.retried[queue_name] == 2
+    assert memory_backend.dead_letters(queue_name) == []
+
+
+async def test_a_message_always_failing_is_dead_lettered_with_every_diagnostic_header(
+    make_pool: PoolFactory, memory_backend: MemoryBackend, queue_name: str
+) -> None:
+    # Given a worker that always fails with a very long message
+    worker = FailingWorker(lambda: Boom("x" * 5000))
+    pool = make_pool(
+        worker, middleware=[AckNackMiddleware(), RetryMiddleware(max_attempts=3, **FAST)]
+    )
+    properties = (
+        MessageProperties()
+        .with_message_id("order-1")
+        .with_correlation_id("corr-1")
+        .with_app_id("shop")
+        .with_priority(3)
+        .with_expiration("60000")
+        .with_headers({"x-tenant": "acme"})
+    )
+    await memory_backend.add_message(queue_name, {"order": 1}, properties)
+    before = datetime.now(UTC)
+
+    # When
+    await run_until_idle(pool, memory_backend, queue_name, expect_failures=True)
+
+    # Then it was tried three times and landed in the DLQ
+    assert worker.attempts == [1, 2, 3]
+    [dead] = memory_backend.dead_letters(queue_name)
+    headers = dict(dead.headers)
+    failed_at = datetime.fromisoformat(headers.pop("x-failed-at"))
+    reason = headers.pop("x-failure-reason")
+    assert headers == {
+        "x-tenant": "acme",
+        "x-retry-attempt": 2,
+        "x-original-routing-key": queue_name,
+        "x-original-exchange": "",
+        "x-original-queue": queue_name,
+        "x-exception-type": f"{__name__}.Boom",
+        "x-final-attempt": 3,
+    }
+    assert len(reason) == 1024 and reason.startswith("xxx")
+    assert failed_at.utcoffset() == timedelta(0)
+    assert before <= failed_at <= datetime.now(UTC)
+    # and the original properties are intact, minus the expiration (a dead letter must stay)
+    assert dead.body == b'{"order":1}'
+    assert dead.properties.message_id == "order-1"
+    assert dead.properties.correlation_id == "corr-1"
+    assert dead.properties.app_id == "shop"
+    assert dead.properties.priority == 3
+    assert dead.properties.content_type == "application/json"
+    assert dead.properties.expiration is None
+    assert pool.failed == 3
+
+
+async def test_retry_later_brings_the_message_back(
+    make_pool: PoolFactory, memory_backend: MemoryBackend, queue_name: str
+) -> None:
+    # Given a worker asking once for a retry after 10 ms
+    worker = FailingWorker(lambda: RetryLater(delay=0.01), times=1)
+    pool = make_pool(worker, middleware=[AckNackMiddleware(), RetryMiddleware(jitter=0.0)])
+    await memory_backend.add_message(queue_name, "again")
+
+    # When
+    await run_until_idle(pool, memory_backend, queue_name, expect_failures=True)
+
+    # Then
+    assert worker.attempts == [1, 2]
+    assert memory_backend.dead_letters(queue_name) == []
+
+
+async def test_dead_letter_goes_to_the_dlq_after_one_attempt(
+    make_pool: PoolFactory, memory_backend: MemoryBackend, queue_name: str
+) -> None:
+    # Given
+    worker = FailingWorker(lambda: DeadLetter("unknown SKU 'X-1'"))
+    pool = make_pool(worker, middleware=[AckNackMiddleware(), RetryMiddleware(**FAST)])
+    await memory_backend.add_message(queue_name, {"sku": "X-1"})
+
+    # When
+    await run_until_idle(pool, memory_backend, queue_name, expect_failures=True)
+
+    # Then
+    assert worker.attempts == [1]
+    assert memory_backend.retried[queue_name] == 0
+    [dead] = memory_backend.dead_letters(queue_name)
+    assert dead.headers["x-failure-reason"] == "unknown SKU 'X-1'"
+    assert dead.headers["x-exception-type"] == "foxwork.errors.DeadLetter"
+    assert dead.headers["x-final-attempt"] == 1
+
+
+async def test_drop_acks_without_retry_or_dead_letter(
+    make_pool: PoolFactory, memory_backend: MemoryBackend, queue_name: str
+) -> None:
+    # Given
+    worker = FailingWorker(lambda: Drop("stale"))
+    pool = make_pool(worker, middleware=[AckNackMiddleware(), RetryMiddleware(**FAST)])
+    await memory_backend.add_message(queue_name, "old news")
+
+    # When
+    await run_until_idle(pool, memory_backend, queue_name, expect_failures=True)
+
+    # Then
+    assert worker.attempts == [1]
+    assert memory_backend.retried[queue_name] == 0
+    assert memory_backend.dead_letters(queue_name) == []
+    assert memory_backend.depth(queue_name) == 0
+    assert (pool.processed, pool.failed) == (1, 0)
