@@ -1,8 +1,10 @@
-"""Strip credentials from AMQP URLs before they reach a log line, an error or a report.
+"""Strip credentials from URLs before they reach a log line, an error or a report.
 
 Every place that shows a URL goes through `redact_url()` (one URL) or `redact()` (any text
 that may contain URLs, such as an exception message); the CLI's log formatter runs every
-formatted record through `redact()`, tracebacks included.
+formatted record through `redact()`, tracebacks included. AMQP URLs are the point, but any
+`scheme://user:password@host` URL is redacted the same way: a broker URL given with the
+wrong scheme still carries a real password.
 
 The password in the user info is replaced with `***`; so are the values of query
 parameters that name a secret (`password`, `token`, `secret`, ...). The user name, host,
@@ -21,9 +23,9 @@ __all__ = ["MASK", "RedactingFormatter", "redact", "redact_url"]
 #: What a secret is replaced with.
 MASK = "***"
 
-_SCHEMES = ("amqp://", "amqps://")
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 # A URL inside free text runs until whitespace, a quote or an angle bracket.
-_URL_IN_TEXT = re.compile(r"amqps?://[^\s'\"<>`]+", re.IGNORECASE)
+_URL_IN_TEXT = re.compile(r"[a-z][a-z0-9+.-]*://[^\s'\"<>`]+", re.IGNORECASE)
 # Query parameters whose value is a secret.
 _SECRET_PARAM = re.compile(r"pass|secret|token|credential|auth_key|api_?key", re.IGNORECASE)
 
@@ -31,7 +33,7 @@ _SECRET_PARAM = re.compile(r"pass|secret|token|credential|auth_key|api_?key", re
 def redact_url(url: str) -> str:
     """Return `url` with its password and secret query values replaced by `***`.
 
-    Text that is not an `amqp://` or `amqps://` URL is returned unchanged.
+    Text that is not a `scheme://` URL is returned unchanged.
 
     Args:
         url: an AMQP URL, e.g. `amqp://app:s3cret@rabbit:5672/orders`.
@@ -39,9 +41,10 @@ def redact_url(url: str) -> str:
     Returns:
         The URL safe to show, e.g. `amqp://app:***@rabbit:5672/orders`.
     """
-    scheme_end = url.find("://") + 3
-    if url[:scheme_end].lower() not in _SCHEMES:
+    scheme = _SCHEME.match(url)
+    if scheme is None:
         return url
+    scheme_end = scheme.end()
     rest = url[scheme_end:]
     # The user info ends at the last "@" before the query: a password may hold an unencoded
     # "/" or "@", and masking a little too much is better than showing a secret.
@@ -58,7 +61,7 @@ def redact_url(url: str) -> str:
 
 
 def redact(text: str) -> str:
-    """Return `text` with every AMQP URL in it redacted by `redact_url()`."""
+    """Return `text` with every URL in it redacted by `redact_url()`."""
     if "://" not in text:
         return text
     return _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
@@ -66,7 +69,7 @@ def redact(text: str) -> str:
 
 class RedactingFormatter(logging.Formatter):
     """A `logging.Formatter` whose output (message, arguments and traceback alike) never
-    contains an AMQP password."""
+    contains a URL's password."""
 
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))

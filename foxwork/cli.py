@@ -43,9 +43,6 @@ ENV_URL = "FOXWORK_URL"
 #: Every log line: time, level, logger, message (URLs in it redacted).
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-#: Seconds between two connect attempts with `--wait-for-broker`: first, then the cap.
-WAIT_FOR_BROKER_INITIAL_DELAY = 0.5
-WAIT_FOR_BROKER_MAX_DELAY = 10.0
 #: Loggers of the AMQP client, quiet while the CLI reports connect failures itself.
 _CLIENT_LOGGERS = ("aiormq", "aio_pika")
 
@@ -299,18 +296,23 @@ def load_pool(target: str) -> WorkerPool:
 def make_backend(
     url: str, queues: Sequence[str], *, prefetch: int, wait_for_broker: bool
 ) -> Backend:
-    """The backend `foxwork run --url` consumes from.
+    """The backend `foxwork run --url` consumes from: RabbitMQ, reconnected forever once
+    connected.
 
     Args:
         url: the AMQP URL.
         queues: the queues to consume.
         prefetch: unsettled deliveries per queue.
-        wait_for_broker: the first connect may wait for the broker to come up.
+        wait_for_broker: the first connect keeps retrying instead of failing fast.
     """
     from .backends.rabbitmq import RabbitMQBackend, RabbitMQConsumerConfig
+    from .backends.resilient import ResilientBackend
 
-    return RabbitMQBackend(
-        RabbitMQConsumerConfig(url=url, queue=list(queues), prefetch_count=prefetch)
+    return ResilientBackend(
+        RabbitMQBackend(
+            RabbitMQConsumerConfig(url=url, queue=list(queues), prefetch_count=prefetch)
+        ),
+        fail_fast=not wait_for_broker,
     )
 
 
@@ -356,7 +358,6 @@ def _run_command(args: argparse.Namespace) -> int:
             backend,
             queues=queues,
             shutdown_timeout=args.shutdown_timeout,
-            wait_for_broker=args.wait_for_broker,
             broker=broker,
         )
     )
@@ -420,7 +421,6 @@ async def serve(
     *,
     queues: Sequence[str] | None = None,
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
-    wait_for_broker: bool = False,
     broker: str = "the broker",
 ) -> int:
     """Run `pool` on `backend` until SIGINT or SIGTERM, then close the backend.
@@ -434,8 +434,6 @@ async def serve(
         backend: the backend to consume from; connected here.
         queues: the queues to consume (default: the pool's, else the backend's).
         shutdown_timeout: seconds in-flight messages get after the first signal.
-        wait_for_broker: retry the first connect until it succeeds (or a signal comes)
-            instead of failing.
         broker: how logs and errors name the backend (a URL in it is redacted).
 
     Returns:
@@ -449,7 +447,7 @@ async def serve(
     signals = _Signals(pool, shutdown_timeout)
     signals.install(loop)
     try:
-        if not await _connect(backend, broker, wait=wait_for_broker, stop=signals.requested):
+        if not await _connect(backend, broker, stop=signals.requested):
             await pool.shutdown(0)
             logger.info("stopped before %s could be reached; nothing was consumed", broker)
             return signals.exit_code
@@ -481,29 +479,37 @@ async def serve(
     return signals.exit_code
 
 
-async def _connect(backend: Backend, broker: str, *, wait: bool, stop: asyncio.Event) -> bool:
-    # True once connected; False when a signal came first.
-    delay = WAIT_FOR_BROKER_INITIAL_DELAY
-    while not stop.is_set():
-        try:
-            with _quiet(_CLIENT_LOGGERS):
-                await backend.connect()
-        except (BackendError, ConfigurationError, OSError) as exc:
-            detail = redact(str(exc))
-            if broker not in detail:
-                detail = f"cannot connect to {broker}: {detail}"
-            if not wait:
-                raise CommandLineError(
-                    f"{detail} (start the broker, check the URL, or pass --wait-for-broker)"
-                ) from exc
-            logger.warning("%s; retrying in %g s", detail, delay)
-        else:
-            return not stop.is_set()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):
-                await stop.wait()
-        delay = min(delay * 2, WAIT_FOR_BROKER_MAX_DELAY)
-    return False
+async def _connect(backend: Backend, broker: str, *, stop: asyncio.Event) -> bool:
+    # True once connected; False when a signal came first (a backend that waits for the
+    # broker is cancelled then). A failure is one clear line, not a traceback.
+    connecting = asyncio.ensure_future(_connect_quietly(backend))
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not connecting.done():
+            connecting.cancel()
+            await asyncio.wait({connecting})
+    if connecting.cancelled():
+        return False
+    exc = connecting.exception()
+    # ValueError covers ConfigurationError and a URL the client cannot parse.
+    if isinstance(exc, BackendError | ValueError | OSError):
+        detail = redact(str(exc))
+        if broker not in detail:
+            detail = f"cannot connect to {broker}: {detail}"
+        raise CommandLineError(
+            f"{detail} (start the broker, check the URL, or pass --wait-for-broker)"
+        ) from exc
+    if exc is not None:
+        raise exc
+    return not stop.is_set()
+
+
+async def _connect_quietly(backend: Backend) -> None:
+    with _quiet(_CLIENT_LOGGERS):
+        await backend.connect()
 
 
 @contextlib.contextmanager

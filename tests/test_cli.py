@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from foxwork import Message, SettleState, Worker, WorkerPool, _demo, cli
-from foxwork.backends import MemoryBackend
+from foxwork import Message, MessageProperties, SettleState, Worker, WorkerPool, _demo, cli
+from foxwork.backends import MemoryBackend, ReconnectStrategy, ResilientBackend
+from foxwork.codec import JSON
 from foxwork.errors import ConnectionLost
 from foxwork.middleware import AckNackMiddleware
 
@@ -400,20 +401,38 @@ async def test_a_first_connect_failure_is_one_redacted_error(queue_name: str):
     assert "--wait-for-broker" in str(error.value)
 
 
-async def test_wait_for_broker_retries_until_the_broker_is_up(
-    queue_name: str, monkeypatch: pytest.MonkeyPatch, log_event: Any
-):
-    # Given a broker that comes up on the third connect attempt
-    monkeypatch.setattr(cli, "WAIT_FOR_BROKER_INITIAL_DELAY", 0.01)
+async def test_waiting_for_the_broker_keeps_trying_until_it_is_up(queue_name: str, log_event: Any):
+    # Given a broker that comes up on the third connect attempt, behind a backend that
+    # waits for it (what --wait-for-broker builds)
     running = log_event("running on")
     pool = WorkerPool(workers=[_HeldWorker()], queues=[queue_name])
-    backend = _UnreachableBackend(failures=2)
-    # When the pool is served with wait_for_broker
-    serving = asyncio.create_task(cli.serve(pool, backend, wait_for_broker=True))
+    flaky = _UnreachableBackend(failures=2)
+    backend = ResilientBackend(flaky, strategy=ReconnectStrategy.Fixed(0.01), fail_fast=False)
+    # When the pool is served
+    serving = asyncio.create_task(cli.serve(pool, backend))
     await asyncio.wait_for(running.wait(), timeout=5)
     # Then it kept trying and is now consuming; a signal still stops it gracefully
-    assert backend.attempts == 3
+    assert flaky.attempts == 3
     os.kill(os.getpid(), signal.SIGTERM)
+    assert await asyncio.wait_for(serving, timeout=5) == 0
+
+
+async def test_a_signal_while_waiting_for_the_broker_exits_0_without_consuming(
+    queue_name: str, log_event: Any
+):
+    # Given a backend waiting for a broker that never comes up
+    waiting = log_event("reconnect attempt")
+    pool = WorkerPool(workers=[_HeldWorker()], queues=[queue_name])
+    backend = ResilientBackend(
+        _UnreachableBackend(failures=10**6),
+        strategy=ReconnectStrategy.Fixed(0.01),
+        fail_fast=False,
+    )
+    serving = asyncio.create_task(cli.serve(pool, backend))
+    await asyncio.wait_for(waiting.wait(), timeout=5)
+    # When SIGTERM arrives
+    os.kill(os.getpid(), signal.SIGTERM)
+    # Then the wait ends and serve returns 0
     assert await asyncio.wait_for(serving, timeout=5) == 0
 
 
@@ -434,3 +453,33 @@ def test_a_password_in_the_url_never_appears_in_the_output(foxwork_process: Any)
         assert SECRET not in output
         assert "amqp://app:***@127.0.0.1:1/" in output
         assert output.splitlines()[-1].startswith("foxwork run: error: ")
+
+
+@pytest.mark.rabbitmq
+async def test_run_consumes_from_rabbitmq_and_stops_gracefully_on_sigterm(
+    foxwork_process: Any, rabbitmq_url: str, queue_name: str
+):
+    # Given `foxwork run` serving a pool on a real broker
+    from foxwork.backends import RabbitMQBackend, RabbitMQConsumerConfig
+
+    process = foxwork_process(
+        "run",
+        "tests.cli_app:pool",
+        "--queue",
+        queue_name,
+        env=_env(FOXWORK_URL=rabbitmq_url, PYTHONUNBUFFERED="1"),
+    )
+    ready = await asyncio.to_thread(process.wait_for_line, "stop it with Ctrl-C", 60)
+    assert f"consuming {queue_name}" in ready
+    assert "in-memory" not in ready
+    # When a message is published to its queue
+    publisher = RabbitMQBackend(RabbitMQConsumerConfig(url=rabbitmq_url, queue=queue_name))
+    async with publisher:
+        await publisher.publish(queue_name, b'"hello"', MessageProperties(content_type=JSON))
+    # Then the worker processes it
+    await asyncio.to_thread(process.wait_for_line, "processed 'hello'")
+    # And SIGTERM stops the pool gracefully with exit code 0
+    process.send_signal(signal.SIGTERM)
+    code, output = await asyncio.to_thread(process.finish)
+    assert code == 0, output
+    assert "graceful shutdown complete" in output

@@ -65,12 +65,12 @@ def test_secret_query_parameters_are_masked_and_harmless_ones_kept():
     [
         "amqp://rabbit:5672/",
         "amqp://app@rabbit/",
-        "https://user:password@example.com/",
+        "https://example.com/path?q=1",
         "no url here",
         "",
     ],
 )
-def test_text_without_an_amqp_password_is_returned_unchanged(text: str):
+def test_text_without_a_password_in_a_url_is_returned_unchanged(text: str):
     assert redact_url(text) == text
     assert redact(text) == text
 
@@ -114,3 +114,12 @@ def test_the_log_formatter_redacts_messages_arguments_and_tracebacks():
         assert secret not in line
     assert "amqp://app:***@host/" in line
     assert "Traceback" in line
+
+
+def test_a_broker_url_with_the_wrong_scheme_is_redacted_too():
+    # Given an error message echoing a URL given with another scheme by mistake
+    text = "url: 'http://app:real-password@rabbit/' is not an AMQP URL"
+    # When it is redacted
+    redacted = redact(text)
+    # Then its password does not show either
+    assert redacted == "url: 'http://app:***@rabbit/' is not an AMQP URL"

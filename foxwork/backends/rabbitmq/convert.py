@@ -34,7 +34,7 @@ def from_amqp_properties(props: Basic.Properties) -> MessageProperties:
         message_type=props.message_type,
         user_id=props.user_id,
         app_id=props.app_id,
-        cluster_id=props.cluster_id,
+        cluster_id=props.cluster_id or None,  # pamqp decodes an absent one as ""
         reply_to=props.reply_to,
         correlation_id=props.correlation_id,
         message_id=props.message_id,

@@ -129,6 +129,9 @@ class Topology:
         args["x-dead-letter-exchange"] = ""
         args["x-dead-letter-routing-key"] = names.queue
         args["x-expires"] = delay_ms + RETRY_QUEUE_EXPIRES_MARGIN_MS
+        # The exchange too (idempotent): after a publish failed because it was deleted,
+        # the tiers are forgotten and this is what brings it back.
+        await self._exchange(channel, names.retry_exchange, "direct")
         await self._queue(channel, name, args)
         await channel.queue_bind(name, names.retry_exchange, routing_key=name)
         self._tiers[key] = now
