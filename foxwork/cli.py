@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeAlias
 
 from . import __version__
+from ._cli_dlq import add_dlq_command
 from ._redact import RedactingFormatter, redact, redact_url
 from .backends.base import Backend
 from .backends.memory import MemoryBackend
@@ -189,7 +190,11 @@ def add_demo_command(subparsers: Subparsers) -> None:
 
 #: The subcommands, in the order `foxwork --help` lists them. Adding a subcommand is
 #: adding one function here.
-COMMANDS: tuple[Callable[[Subparsers], None], ...] = (add_run_command, add_demo_command)
+COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
+    add_run_command,
+    add_demo_command,
+    add_dlq_command,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
