@@ -142,6 +142,18 @@ def add_run_command(subparsers: Subparsers) -> None:
         ),
     )
     parser.add_argument(
+        "--http-port",
+        type=int,
+        metavar="PORT",
+        help="serve /health, /ready and /metrics (Prometheus) on this port (0: any free port)",
+    )
+    parser.add_argument(
+        "--http-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="interface for --http-port (default: 127.0.0.1; 0.0.0.0 for every interface)",
+    )
+    parser.add_argument(
         "--wait-for-broker",
         action="store_true",
         help="keep retrying the first connection instead of exiting with code 2",
@@ -321,7 +333,22 @@ def make_backend(
     )
 
 
+def _install_metrics() -> Any:
+    # Before the pool is imported, so every meter its middleware asks for reports here.
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    from .http import PrometheusReader
+
+    reader = PrometheusReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    return reader
+
+
 def _run_command(args: argparse.Namespace) -> int:
+    if args.http_port is not None and not 0 <= args.http_port <= 65535:
+        raise CommandLineError(f"--http-port {args.http_port}: use a port from 0 to 65535")
+    reader = _install_metrics() if args.http_port is not None else None
     pool = load_pool(args.target)
     if pool.state is not PoolState.CREATED:
         raise CommandLineError(f"{args.target} is {pool.state.value}: a pool runs only once")
@@ -364,6 +391,7 @@ def _run_command(args: argparse.Namespace) -> int:
             queues=queues,
             shutdown_timeout=args.shutdown_timeout,
             broker=broker,
+            http=(args.http_host, args.http_port, reader) if args.http_port is not None else None,
         )
     )
 
@@ -427,6 +455,7 @@ async def serve(
     queues: Sequence[str] | None = None,
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
     broker: str = "the broker",
+    http: tuple[str, int, Any] | None = None,
 ) -> int:
     """Run `pool` on `backend` until SIGINT or SIGTERM, then close the backend.
 
@@ -440,6 +469,9 @@ async def serve(
         queues: the queues to consume (default: the pool's, else the backend's).
         shutdown_timeout: seconds in-flight messages get after the first signal.
         broker: how logs and errors name the backend (a URL in it is redacted).
+        http: (host, port, PrometheusReader or None) to serve /health, /ready and /metrics
+            on while the pool runs (from before the first connect, so /health answers while
+            the broker is awaited).
 
     Returns:
         0 after a graceful shutdown, 128 + N when a second signal N forced it.
@@ -451,6 +483,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     signals = _Signals(pool, shutdown_timeout)
     signals.install(loop)
+    server = await _start_http(pool, backend, http) if http is not None else None
     try:
         if not await _connect(backend, broker, stop=signals.requested):
             await pool.shutdown(0)
@@ -473,6 +506,8 @@ async def serve(
         report = await pool.shutdown(shutdown_timeout)
     finally:
         signals.uninstall(loop)
+        if server is not None:
+            await server.close()
         await backend.close()
     how = "graceful" if signals.exit_code == EXIT_OK else "forced"
     logger.info(
@@ -482,6 +517,26 @@ async def serve(
         report.requeued,
     )
     return signals.exit_code
+
+
+async def _start_http(pool: WorkerPool, backend: Backend, http: tuple[str, int, Any]) -> Any:
+    from . import telemetry
+    from .http import HealthServer
+    from .middleware.circuit_breaker import CircuitBreakerMiddleware
+
+    host, port, reader = http
+    if reader is not None:
+        telemetry.observe_connection(lambda: backend.is_connected, name=type(backend).__name__)
+        for index, layer in enumerate(pool.middleware):
+            if isinstance(layer, CircuitBreakerMiddleware):
+                telemetry.observe_circuit(layer, f"{pool.name}-{index}")
+    server = HealthServer(pool, host=host, port=port, metrics=reader)
+    try:
+        await server.start()
+    except OSError as exc:
+        raise CommandLineError(f"cannot serve HTTP on {host}:{port}: {exc}") from exc
+    logger.info("serving /health, /ready and /metrics on %s", server.url)
+    return server
 
 
 async def _connect(backend: Backend, broker: str, *, stop: asyncio.Event) -> bool:
