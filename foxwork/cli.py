@@ -142,6 +142,17 @@ def add_run_command(subparsers: Subparsers) -> None:
         ),
     )
     parser.add_argument(
+        "--processes",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help=(
+            "run N worker processes, each with its own connection, under a parent that "
+            "forwards signals and restarts a crashed one (default: 1; with --http-port P, "
+            "process i serves on P+i)"
+        ),
+    )
+    parser.add_argument(
         "--http-port",
         type=int,
         metavar="PORT",
@@ -348,6 +359,11 @@ def _install_metrics() -> Any:
 def _run_command(args: argparse.Namespace) -> int:
     if args.http_port is not None and not 0 <= args.http_port <= 65535:
         raise CommandLineError(f"--http-port {args.http_port}: use a port from 0 to 65535")
+    if args.processes > 1:
+        return _supervise(args)
+    index = int(os.environ.get("FOXWORK_PROCESS_INDEX", "0"))
+    if args.http_port and index:
+        args.http_port += index
     reader = _install_metrics() if args.http_port is not None else None
     pool = load_pool(args.target)
     if pool.state is not PoolState.CREATED:
@@ -394,6 +410,41 @@ def _run_command(args: argparse.Namespace) -> int:
             http=(args.http_host, args.http_port, reader) if args.http_port is not None else None,
         )
     )
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    from .supervisor import supervise
+
+    load_pool(args.target)  # fail here, once, rather than in N children
+    url: str | None = args.url or os.environ.get(ENV_URL) or None
+    if url is None:
+        raise CommandLineError(
+            "--processes needs a broker (--url or $FOXWORK_URL): in-memory queues cannot be "
+            "shared between processes"
+        )
+    child = [
+        "run",
+        args.target,
+        "--shutdown-timeout",
+        str(args.shutdown_timeout),
+        "--log-level",
+        args.log_level,
+        "--http-host",
+        args.http_host,
+    ]
+    for queue in args.queue or ():
+        child += ["--queue", queue]
+    for flag, value in (
+        ("--concurrency", args.concurrency),
+        ("--prefetch", args.prefetch),
+        ("--http-port", args.http_port),
+    ):
+        if value is not None:
+            child += [flag, str(value)]
+    if args.wait_for_broker:
+        child.append("--wait-for-broker")
+    # The URL travels in the environment: a command line is visible to every local user.
+    return asyncio.run(supervise(child, args.processes, env={ENV_URL: url}))
 
 
 class _Signals:
@@ -484,6 +535,7 @@ async def serve(
     signals = _Signals(pool, shutdown_timeout)
     signals.install(loop)
     server = await _start_http(pool, backend, http) if http is not None else None
+    orphan_watch = _watch_supervisor(signals)
     try:
         if not await _connect(backend, broker, stop=signals.requested):
             await pool.shutdown(0)
@@ -506,6 +558,8 @@ async def serve(
         report = await pool.shutdown(shutdown_timeout)
     finally:
         signals.uninstall(loop)
+        if orphan_watch is not None:
+            orphan_watch.cancel()
         if server is not None:
             await server.close()
         await backend.close()
@@ -517,6 +571,26 @@ async def serve(
         report.requeued,
     )
     return signals.exit_code
+
+
+#: Seconds between checks that the supervising parent of `--processes` is still alive.
+SUPERVISOR_CHECK_INTERVAL = 1.0
+
+
+def _watch_supervisor(signals: _Signals) -> asyncio.Task[None] | None:
+    # A child of `foxwork run --processes` shuts down gracefully if its parent dies.
+    parent = os.environ.get("FOXWORK_SUPERVISOR_PID")
+    if not parent or not parent.isdigit():
+        return None
+
+    async def watch() -> None:
+        # Polling: a parent's death sends no event a portable program can wait on.
+        while os.getppid() == int(parent):  # noqa: ASYNC110
+            await asyncio.sleep(SUPERVISOR_CHECK_INTERVAL)
+        logger.warning("the supervising process %s is gone: shutting down", parent)
+        signals.received(signal.SIGTERM)
+
+    return asyncio.ensure_future(watch())
 
 
 async def _start_http(pool: WorkerPool, backend: Backend, http: tuple[str, int, Any]) -> Any:
