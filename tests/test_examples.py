@@ -4,7 +4,9 @@ Conventions:
     examples/*.py: each file is run as `python examples/NAME.py`. A line
         `# requires: rabbitmq` in it means it needs a broker: it then runs with
         `FOXWORK_URL` set to the test broker, and is marked `rabbitmq`.
-    README.md: a ```python block directly after `<!-- test: run -->` is run as a script.
+    README.md: a ```python block directly after `<!-- test: run -->` is run as a script;
+        after `<!-- test: run rabbitmq -->` it runs with `FOXWORK_URL` set to the test
+        broker, and is marked `rabbitmq`. Every ```python block carries one of the markers.
         A block directly after `<!-- example: examples/NAME.py -->` must be that file,
         verbatim; the file itself is run here and type-checked by mypy.
 """
@@ -26,7 +28,7 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 RUN_TIMEOUT = 60.0
 
 _REQUIRES_BROKER = re.compile(r"^# requires: rabbitmq\s*$", re.MULTILINE)
-_MARKER = re.compile(r"<!--\s*(test:\s*run|example:\s*(?P<path>\S+))\s*-->")
+_MARKER = re.compile(r"<!--\s*(test:\s*run(?P<broker>\s+rabbitmq)?|example:\s*(?P<path>\S+))\s*-->")
 _FENCE = re.compile(r"^```python\n(?P<code>.*?)^```", re.MULTILINE | re.DOTALL)
 
 
@@ -34,17 +36,31 @@ def _needs_broker(path: Path) -> bool:
     return bool(_REQUIRES_BROKER.search(path.read_text()))
 
 
-def _readme_blocks() -> list[tuple[int, str | None, str]]:
-    """(line number, example path or None for `test: run`, code) of each marked block."""
+def _readme_fences() -> list[tuple[int, re.Match[str] | None, str]]:
+    """(line number, marker or None, code) of every ```python block in the README."""
     text = README.read_text()
-    blocks = []
+    fences = []
     for fence in _FENCE.finditer(text):
         before = text[: fence.start()].rstrip().rsplit("\n", 1)[-1]
-        marker = _MARKER.fullmatch(before.strip())
-        if marker is not None:
-            line = text.count("\n", 0, fence.start()) + 1
-            blocks.append((line, marker.group("path"), fence.group("code")))
-    return blocks
+        line = text.count("\n", 0, fence.start()) + 1
+        fences.append((line, _MARKER.fullmatch(before.strip()), fence.group("code")))
+    return fences
+
+
+def _readme_blocks() -> list[tuple[int, str | None, str]]:
+    """(line number, example path or None for `test: run`, code) of each marked block."""
+    return [
+        (line, marker.group("path"), code)
+        for line, marker, code in _readme_fences()
+        if marker is not None
+    ]
+
+
+def _needs_broker_block(line: int) -> bool:
+    return any(
+        marker is not None and marker.group("broker") is not None and at == line
+        for at, marker, _ in _readme_fences()
+    )
 
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -83,17 +99,27 @@ def test_example_runs_and_exits_0(path: Path, request: pytest.FixtureRequest):
 @pytest.mark.parametrize(
     ("line", "code"),
     [
-        pytest.param(line, code, id=f"README.md:{line}")
+        pytest.param(
+            line,
+            code,
+            id=f"README.md:{line}",
+            marks=[pytest.mark.rabbitmq] if _needs_broker_block(line) else [],
+        )
         for line, path, code in _readme_blocks()
         if path is None
     ],
 )
-def test_runnable_readme_snippet_exits_0(line: int, code: str, tmp_path: Path):
-    # Given a README snippet marked runnable
+def test_runnable_readme_snippet_exits_0(
+    line: int, code: str, tmp_path: Path, request: pytest.FixtureRequest
+):
+    # Given a README snippet marked runnable, and a broker when it says it needs one
     script = tmp_path / "snippet.py"
     script.write_text(code)
+    env = _env_without_broker()
+    if _needs_broker_block(line):
+        env["FOXWORK_URL"] = request.getfixturevalue("rabbitmq_url")
     # When it is run as a script
-    result = _run([str(script)], _env_without_broker())
+    result = _run([str(script)], env)
     # Then it exits 0
     assert result.returncode == 0, f"README.md:{line} failed:\n{result.stdout}\n{result.stderr}"
 
@@ -117,3 +143,9 @@ def test_readme_example_block_is_the_example_file_verbatim(line: int, path: str,
 def test_the_readme_quick_start_is_a_tested_example():
     # The quick start is what most readers copy: it must be one of the checked blocks.
     assert "examples/quickstart.py" in [path for _, path, _ in _readme_blocks()]
+
+
+def test_every_python_block_in_the_readme_is_run_or_is_an_example_file():
+    # A python block a reader may copy must be one the suite runs (or an example file).
+    unmarked = [line for line, marker, _ in _readme_fences() if marker is None]
+    assert unmarked == [], f"README.md python blocks at lines {unmarked} are not tested"
