@@ -1,9 +1,9 @@
 """Fixtures of the contract suite: each test runs once per backend.
 
-    backend     a connected `MemoryBackend`, then a connected `RabbitMQBackend` on the
-                session's broker (that parameter carries the `rabbitmq` mark)
-    broker      publish test messages and read queues back, the same way on either backend
-    start_pool  factory of started `WorkerPool`s on `backend`, shut down at teardown
+backend     a connected `MemoryBackend`, then a connected `RabbitMQBackend` on the
+            session's broker (that parameter carries the `rabbitmq` mark)
+broker      publish test messages and read queues back, the same way on either backend
+start_pool  factory of started `WorkerPool`s on `backend`, shut down at teardown
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ class Broker(Protocol):
     async def ready(self, queue: str) -> int:
         """How many messages are ready in `queue` (0 when it does not exist)."""
 
+    async def waiting_retries(self, queue: str) -> int:
+        """How many retry copies of `queue`'s messages wait for their delay to pass."""
+
 
 class MemoryBroker:
     def __init__(self, backend: MemoryBackend) -> None:
@@ -53,6 +56,10 @@ class MemoryBroker:
     async def ready(self, queue: str) -> int:
         return len(self.backend.messages(queue))
 
+    async def waiting_retries(self, queue: str) -> int:
+        # depth = ready + unacked + delayed; with nothing in flight, the rest is delayed.
+        return self.backend.depth(queue) - len(self.backend.messages(queue))
+
 
 class RabbitBroker:
     def __init__(self, backend: RabbitMQBackend, probe: RabbitProbe) -> None:
@@ -68,6 +75,12 @@ class RabbitBroker:
 
     async def ready(self, queue: str) -> int:
         return await self.probe.ready(queue) or 0
+
+    async def waiting_retries(self, queue: str) -> int:
+        names = self.backend.config.names(queue)
+        # The tiers the backend declared, from its topology (the only record of them).
+        tiers = [names.retry_queue(ms) for q, ms in self.backend.topology._tiers if q == queue]
+        return sum([await self.ready(tier) for tier in tiers])
 
 
 @pytest.fixture(params=["memory", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])

@@ -148,9 +148,7 @@ class TcpProxy:
             if link.closed:
                 return
             try:
-                upstream_r, upstream_w = await asyncio.open_connection(
-                    LOOPBACK, self.upstream_port
-                )
+                upstream_r, upstream_w = await asyncio.open_connection(LOOPBACK, self.upstream_port)
             except OSError:
                 return  # upstream down: the client sees its connection close
             link.upstream = upstream_w

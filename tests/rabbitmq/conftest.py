@@ -1,11 +1,11 @@
 """Fixtures of the real-broker suite (all on the session's throwaway node, `rabbitmq_url`).
 
-    probe          a separate AMQP connection to inspect and tamper with queues
-    make_backend   factory of connected `RabbitMQBackend`s consuming `queue_name`, named after
-                   the test; closed at teardown, and their queues and exchanges deleted
-    backend        one such backend with the default settings
-    start_pool     factory of started `WorkerPool`s (AckNack + Retry by default); shut down
-                   at teardown, before the backends close
+probe          a separate AMQP connection to inspect and tamper with queues
+make_backend   factory of connected `RabbitMQBackend`s consuming `queue_name`, named after
+               the test; closed at teardown, and their queues and exchanges deleted
+backend        one such backend with the default settings
+start_pool     factory of started `WorkerPool`s (AckNack + Retry by default); shut down
+               at teardown, before the backends close
 """
 
 from __future__ import annotations

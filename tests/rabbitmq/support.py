@@ -21,6 +21,10 @@ from typing import Any
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from pamqp import body as amqp_body
+from pamqp import commands, frame
+from pamqp import header as amqp_header
+from yarl import URL
 
 from foxwork import Message, MessageProperties, Worker
 from foxwork.backends.rabbitmq import RabbitMQBackend
@@ -33,6 +37,7 @@ __all__ = [
     "Recorder",
     "delete_topology",
     "fail_while",
+    "publish_without_message_id",
     "wait_until",
 ]
 
@@ -151,7 +156,9 @@ class RabbitProbe:
     async def exists(self, queue: str) -> bool:
         return await self.ready(queue) is not None
 
-    async def wait_for_ready(self, queue: str, count: int, *, timeout: float = DEFAULT_WAIT) -> None:
+    async def wait_for_ready(
+        self, queue: str, count: int, *, timeout: float = DEFAULT_WAIT
+    ) -> None:
         """Wait until `queue` holds exactly `count` ready messages."""
 
         async def reached() -> bool:
@@ -227,6 +234,68 @@ async def delete_topology(probe: RabbitProbe, backend: RabbitMQBackend) -> None:
         await probe.delete_queues(*queues)
     with contextlib.suppress(aiormq.exceptions.AMQPError):
         await probe.delete_exchanges(*exchanges)
+
+
+async def publish_without_message_id(
+    url: str, routing_key: str, body: bytes, *, content_type: str | None = None
+) -> None:
+    """Publish (confirmed) a message with no `message_id`, as many non-Python clients do.
+
+    aiormq gives every message it publishes a `message_id`, so this speaks AMQP itself:
+    handshake, one channel in confirm mode, one publish to the default exchange.
+    """
+    target = URL(url)
+    assert target.host is not None and target.port is not None
+    reader, writer = await asyncio.open_connection(target.host, target.port)
+    buffer = b""
+
+    async def receive(expected: type) -> Any:
+        nonlocal buffer
+        while True:
+            if len(buffer) >= 7:
+                try:
+                    consumed, _, value = frame.unmarshal(buffer)
+                except Exception:
+                    pass  # an incomplete frame: read more
+                else:
+                    buffer = buffer[consumed:]
+                    assert isinstance(value, expected), f"expected {expected}, got {value!r}"
+                    return value
+            chunk = await reader.read(65536)
+            assert chunk, "the broker closed the connection"
+            buffer += chunk
+
+    def send(value: Any, channel: int = 0) -> None:
+        writer.write(frame.marshal(value, channel))
+
+    try:
+        async with asyncio.timeout(10):
+            writer.write(amqp_header.ProtocolHeader().marshal())
+            await receive(commands.Connection.Start)
+            credentials = f"\0{target.user or 'guest'}\0{target.password or 'guest'}"
+            send(commands.Connection.StartOk(mechanism="PLAIN", response=credentials))
+            tune = await receive(commands.Connection.Tune)
+            send(commands.Connection.TuneOk(tune.channel_max, tune.frame_max, 0))
+            send(commands.Connection.Open(virtual_host=target.path or "/"))
+            await receive(commands.Connection.OpenOk)
+            send(commands.Channel.Open(), 1)
+            await receive(commands.Channel.OpenOk)
+            send(commands.Confirm.Select(), 1)
+            await receive(commands.Confirm.SelectOk)
+            properties = commands.Basic.Properties(content_type=content_type, delivery_mode=2)
+            send(commands.Basic.Publish(routing_key=routing_key, mandatory=True), 1)
+            send(amqp_header.ContentHeader(0, len(body), properties), 1)
+            send(amqp_body.ContentBody(body), 1)
+            await receive(commands.Basic.Ack)
+            send(
+                commands.Connection.Close(
+                    reply_code=200, reply_text="done", class_id=0, method_id=0
+                )
+            )
+            await receive(commands.Connection.CloseOk)
+    finally:
+        writer.close()
+        await writer.wait_closed()
 
 
 # -- the recording worker ----------------------------------------------------------------

@@ -15,6 +15,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from yarl import URL
 
 from ... import wire
 from ..._redact import redact_url
@@ -144,6 +145,18 @@ class RabbitMQConsumerConfig(BaseModel):
                 raise ValueError(
                     f"{redact_url(text)!r} is not an AMQP URL: use "
                     "amqp://user:password@host:5672/vhost (or amqps:// for TLS)"
+                )
+            try:
+                parsed = URL(text)
+                parsed.port  # noqa: B018 - parsing the port is the check
+            except ValueError as exc:
+                raise ValueError(
+                    f"{redact_url(text)!r} cannot be parsed ({exc}): check the host and port, "
+                    "and percent-encode special characters in the user name and password"
+                ) from None
+            if not parsed.host:
+                raise ValueError(
+                    f"{redact_url(text)!r} names no host: use amqp://user:password@host:5672/"
                 )
         return value
 
