@@ -104,8 +104,8 @@ class CircuitBreakerMiddleware:
     slot is held the pool takes no more deliveries and the broker keeps the rest (prefetch
     backpressure). An open circuit therefore never burns messages into the DLQ and never
     spins on redelivery. When the circuit half-opens, held messages become probes in
-    arrival order. A shutdown cancels held messages at its deadline and they go back to
-    the queue.
+    arrival order. When the pool shuts down, held messages are nacked back to their queue
+    at once (intake has stopped; nothing waits for the shutdown deadline).
 
     **A failed probe is held again**, not settled and not re-raised: it reopens the circuit,
     is logged, and waits behind the other held messages for the next HALF_OPEN. So it
@@ -196,6 +196,8 @@ class CircuitBreakerMiddleware:
         # Held messages, oldest first; each future receives its admission.
         self._waiters: collections.deque[asyncio.Future[tuple[bool, int]]] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
+        # True once the pool stopped intake: nothing may be held any more.
+        self._stopping = False
 
     def __repr__(self) -> str:
         return (
@@ -237,9 +239,28 @@ class CircuitBreakerMiddleware:
 
     # -- the layer -------------------------------------------------------------------
 
+    async def startup(self) -> None:
+        self._stopping = False
+
+    async def shutdown(self) -> None:
+        """The pool stopped intake: held messages go back to their queues now, instead of
+        waiting for the shutdown deadline (a nack, not a retry: no attempt is used up)."""
+        self._stopping = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(_Released())
+
     async def __call__(self, message: Message[Any], call_next: CallNext) -> None:
         while True:
-            probe, generation = await self._admit()
+            try:
+                probe, generation = await self._admit()
+            except _Released:
+                logger.info(
+                    "message %s held by the open circuit goes back to its queue", message.id
+                )
+                await message.nack(requeue=True)
+                return
             token = _probing.set(self.is_failure if probe else None)
             try:
                 await call_next(message)
@@ -271,6 +292,8 @@ class CircuitBreakerMiddleware:
         state = self._state
         if state is CircuitState.CLOSED:
             return False, self._generation
+        if self._stopping:
+            raise _Released
         if (
             state is CircuitState.HALF_OPEN
             and not self._waiters
@@ -356,6 +379,10 @@ class CircuitBreakerMiddleware:
         self._timer = None
         if generation == self._generation and self._state is CircuitState.OPEN:
             self._transition(CircuitState.HALF_OPEN)
+
+
+class _Released(Exception):
+    """A held message is released because the pool is shutting down."""
 
 
 def _positive_int(value: object) -> bool:
