@@ -24,6 +24,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from pamqp import body as amqp_body
 from pamqp import commands, frame
 from pamqp import header as amqp_header
+from pamqp.exceptions import UnmarshalingException
 from yarl import URL
 
 from foxwork import Message, MessageProperties, Worker
@@ -237,7 +238,12 @@ async def delete_topology(probe: RabbitProbe, backend: RabbitMQBackend) -> None:
 
 
 async def publish_without_message_id(
-    url: str, routing_key: str, body: bytes, *, content_type: str | None = None
+    url: str,
+    routing_key: str,
+    body: bytes,
+    *,
+    content_type: str | None = None,
+    connection_name: str = "foxwork tests",
 ) -> None:
     """Publish (confirmed) a message with no `message_id`, as many non-Python clients do.
 
@@ -255,7 +261,7 @@ async def publish_without_message_id(
             if len(buffer) >= 7:
                 try:
                     consumed, _, value = frame.unmarshal(buffer)
-                except Exception:
+                except UnmarshalingException:
                     pass  # an incomplete frame: read more
                 else:
                     buffer = buffer[consumed:]
@@ -273,10 +279,16 @@ async def publish_without_message_id(
             writer.write(amqp_header.ProtocolHeader().marshal())
             await receive(commands.Connection.Start)
             credentials = f"\0{target.user or 'guest'}\0{target.password or 'guest'}"
-            send(commands.Connection.StartOk(mechanism="PLAIN", response=credentials))
+            send(
+                commands.Connection.StartOk(
+                    client_properties={"connection_name": connection_name},
+                    mechanism="PLAIN",
+                    response=credentials,
+                )
+            )
             tune = await receive(commands.Connection.Tune)
             send(commands.Connection.TuneOk(tune.channel_max, tune.frame_max, 0))
-            send(commands.Connection.Open(virtual_host=target.path or "/"))
+            send(commands.Connection.Open(virtual_host=target.path[1:] or "/"))
             await receive(commands.Connection.OpenOk)
             send(commands.Channel.Open(), 1)
             await receive(commands.Channel.OpenOk)

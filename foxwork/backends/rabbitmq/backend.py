@@ -403,9 +403,9 @@ class RabbitMQBackend(Backend):
             await self._publish(names.retry_exchange, tier, message.body, properties)
         except BackendError as exc:
             # Something was deleted under us, or the channel died: declare it all again
-            # next time.
+            # next time (a closed topology channel is replaced when next used; an open one
+            # is kept, not dropped, or it would leak one channel per failed retry).
             self.topology.forget(message.queue)
-            self._topology_channel = None
             if isinstance(exc, PublishNotConfirmed):
                 raise
             raise PublishNotConfirmed(f"retry copy of {message.id} not published: {exc}") from exc
