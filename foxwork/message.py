@@ -211,6 +211,12 @@ class Message(Generic[P]):
         self._settler = settler
         self._state = SettleState.PENDING
         self._payload: Any = _UNSET
+        if wire.RETRY_ATTEMPT in props.headers:
+            # A retried copy came back through the default exchange: restore the route it
+            # was first published with.
+            route = wire.original_route(props.headers)
+            if route is not None:
+                self.routing_key, self.exchange = route
         try:
             self.attempt = wire.parse_retry_attempt(props.headers) + 1
         except PoisonMessage as exc:

@@ -162,8 +162,35 @@ def dead_letter_headers(
     return headers
 
 
-def retry_headers(original_headers: Mapping[str, Any], failed_attempts: int) -> dict[str, Any]:
-    """Headers of a retried copy: the originals with `x-retry-attempt` set."""
+def retry_headers(
+    original_headers: Mapping[str, Any],
+    failed_attempts: int,
+    *,
+    routing_key: str | None = None,
+    exchange: str | None = None,
+) -> dict[str, Any]:
+    """Headers of a retried copy: the originals with `x-retry-attempt` set.
+
+    The copy travels through the retry exchange and comes back through the default
+    exchange, so the routing key and exchange it was first published with ride along as
+    `x-original-routing-key` and `x-original-exchange` (set once, on the first retry); the
+    consumer restores them (see `original_route`).
+    """
     headers = dict(original_headers)
     headers[RETRY_ATTEMPT] = failed_attempts
+    if routing_key is not None and ORIGINAL_ROUTING_KEY not in headers:
+        headers[ORIGINAL_ROUTING_KEY] = routing_key
+        headers[ORIGINAL_EXCHANGE] = exchange or ""
     return headers
+
+
+def original_route(headers: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(routing key, exchange) a retried copy was first published with, or None for a
+    message that is not a retried copy."""
+    if RETRY_ATTEMPT not in headers:
+        return None
+    routing_key = headers.get(ORIGINAL_ROUTING_KEY)
+    if not isinstance(routing_key, str):
+        return None
+    exchange = headers.get(ORIGINAL_EXCHANGE)
+    return routing_key, exchange if isinstance(exchange, str) else ""

@@ -248,7 +248,15 @@ class MemoryBackend(Backend):
         queue = self._queue(message.queue)
         stored = StoredMessage(
             message.body,
-            copy_properties(message, wire.retry_headers(message.headers, message.attempt)),
+            copy_properties(
+                message,
+                wire.retry_headers(
+                    message.headers,
+                    message.attempt,
+                    routing_key=message.routing_key,
+                    exchange=message.exchange,
+                ),
+            ),
             message.queue,
         )
         queue.delayed += 1

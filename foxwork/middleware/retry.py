@@ -49,8 +49,9 @@ class RetryMiddleware:
 
     Crash loops (the process dies before it settles) are the broker's to see: on quorum
     queues the broker's delivery limit dead-letters the message. On classic queues this
-    middleware counts the redeliveries it sees per message id (in this process) and
-    dead-letters a message once it has been redelivered `max_redeliveries` times.
+    middleware counts the redeliveries it sees per message id (in this process; requeues
+    foxwork made itself because a copy was not confirmed do not count) and dead-letters a
+    message once it has been redelivered `max_redeliveries` times.
 
     Args:
         max_attempts: total deliveries, the first included (1 = never retry).
@@ -110,6 +111,9 @@ class RetryMiddleware:
         )
         # Shared on purpose across messages: redeliveries seen per message id.
         self._redeliveries: collections.OrderedDict[str, int] = collections.OrderedDict()
+        # Ids whose copy was not confirmed, so foxwork requeued them: their next redelivery
+        # is not a crash.
+        self._own_requeues: set[str] = set()
 
     def __repr__(self) -> str:
         return (
@@ -129,15 +133,17 @@ class RetryMiddleware:
 
     def _crash_looping(self, message: Message[Any]) -> str | None:
         limit = self.max_redeliveries
-        if limit is None or not message.redelivered:
+        # On quorum queues (delivery_count set) the broker's delivery limit is the authority.
+        if limit is None or not message.redelivered or message.delivery_count:
             return None
-        if message.delivery_count:
-            seen = message.delivery_count
-        else:
-            seen = self._redeliveries.pop(message.id, 0) + 1
-            self._redeliveries[message.id] = seen
-            if len(self._redeliveries) > _REDELIVERY_MEMORY:
-                self._redeliveries.popitem(last=False)
+        if message.id in self._own_requeues:
+            # foxwork put it back itself (its retry copy was not confirmed): not a crash.
+            self._own_requeues.discard(message.id)
+            return None
+        seen = self._redeliveries.pop(message.id, 0) + 1
+        self._redeliveries[message.id] = seen
+        if len(self._redeliveries) > _REDELIVERY_MEMORY:
+            self._redeliveries.popitem(last=False)
         if seen < limit:
             return None
         return (
@@ -172,7 +178,7 @@ class RetryMiddleware:
                     message.attempt,
                     self.max_attempts,
                 )
-                await message.dead_letter(exc)
+                confirmed = await message.dead_letter(exc)
             else:
                 delay = exc.delay if isinstance(exc, RetryLater) else self.backoff(message.attempt)
                 logger.info(
@@ -182,7 +188,9 @@ class RetryMiddleware:
                     self.max_attempts,
                     delay,
                 )
-                await message.retry(delay)
+                confirmed = await message.retry(delay)
+            if not confirmed and len(self._own_requeues) < _REDELIVERY_MEMORY:
+                self._own_requeues.add(message.id)
             raise
         else:
             if message.redelivered and self._redeliveries:

@@ -143,12 +143,6 @@ async def test_a_consumer_cancelled_by_the_broker_is_re_established(
     assert worker.processed == ["before", "after"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: a retried copy comes back through the retry tier (exchange '', routing "
-    "key Q), so attempts 2+ and the dead letter lose the exchange and routing key the message "
-    "was published with; MemoryBackend does the same",
-)
 async def test_a_retried_message_keeps_the_exchange_and_routing_key_it_was_published_with(
     make_backend: BackendFactory, start_pool: PoolStarter, probe: RabbitProbe, queue_name: str
 ) -> None:

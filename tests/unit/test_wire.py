@@ -221,3 +221,14 @@ def test_retry_headers_set_the_attempt_count_without_touching_the_original() -> 
     # Then
     assert headers == {"x-tenant": "acme", "x-retry-attempt": 2}
     assert original == {"x-tenant": "acme", "x-retry-attempt": 1}
+
+
+def test_a_retried_copy_carries_its_first_route_and_a_consumer_restores_it() -> None:
+    # Given a message published to exchange "events" with key "order.created", failed once
+    headers = wire.retry_headers({}, 1, routing_key="order.created", exchange="events")
+    # Then the copy names its first route, and a second retry keeps it unchanged
+    assert wire.original_route(headers) == ("order.created", "events")
+    again = wire.retry_headers(headers, 2, routing_key="Q", exchange="")
+    assert wire.original_route(again) == ("order.created", "events")
+    # and a first delivery has no original route
+    assert wire.original_route({}) is None

@@ -391,7 +391,10 @@ class RabbitMQBackend(Backend):
     async def publish_retry(self, message: Message[Any], *, delay: float) -> None:
         names = self.config.names(message.queue)
         headers = {k: v for k, v in message.headers.items() if k not in DEATH_HEADERS}
-        properties = copy_properties(message, wire.retry_headers(headers, message.attempt))
+        headers = wire.retry_headers(
+            headers, message.attempt, routing_key=message.routing_key, exchange=message.exchange
+        )
+        properties = copy_properties(message, headers)
         if not self.config.enable_delayed_retry:
             await self._publish("", message.queue, message.body, properties)
             return

@@ -163,7 +163,12 @@ async def test_a_retried_copy_comes_back_after_its_delay_with_the_attempt_header
     assert memory_backend.retried[queue_name] == 1
     second = await inbox.next()
     assert second.attempt == 2
-    assert second.headers == {"x-tenant": "acme", "x-retry-attempt": 1}
+    assert second.headers == {
+        "x-tenant": "acme",
+        "x-retry-attempt": 1,
+        "x-original-routing-key": queue_name,
+        "x-original-exchange": "",
+    }
     assert second.id == first.id
     await second.ack()
     await memory_backend.join(queue_name, timeout=SOON)

@@ -527,4 +527,3 @@ def test_the_repr_shows_the_configuration() -> None:
         "CircuitBreakerMiddleware(failure_threshold=5, recovery_timeout=30.0, "
         "half_open_max_requests=1)"
     )
-

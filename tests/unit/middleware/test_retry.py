@@ -248,17 +248,29 @@ async def test_a_redelivered_message_that_succeeds_is_forgotten() -> None:
     assert settler.calls == []
 
 
-async def test_a_quorum_delivery_count_at_the_limit_dead_letters() -> None:
-    # Given
+async def test_on_a_quorum_queue_the_broker_counts_deliveries_not_the_middleware() -> None:
+    # Given a redelivered quorum message far past max_redeliveries (the broker's own
+    # delivery limit dead-letters crash loops there, and counts every requeue too)
     settler = RecordingSettler()
-    message = make_message(settler=settler, redelivered=True, delivery_count=5)
+    message = make_message(settler=settler, redelivered=True, delivery_count=50)
 
-    # When
-    with pytest.raises(DeadLetter, match="redelivered 5 times"):
-        await RetryMiddleware(max_redeliveries=5)(message, succeed)
+    # When it is processed
+    await RetryMiddleware(max_redeliveries=5)(message, succeed)
 
-    # Then
-    assert settler.names == ["publish_dead_letter", "ack"]
+    # Then the middleware does not dead-letter it
+    assert "publish_dead_letter" not in settler.names
+
+
+async def test_a_requeue_foxwork_made_itself_is_not_counted_as_a_crash() -> None:
+    # Given a copy that cannot be confirmed, so the original is requeued, five times over
+    settler = RecordingSettler(confirm=False)
+    middleware = RetryMiddleware(max_redeliveries=2, initial_backoff=0)
+    for delivery in range(5):
+        message = make_message(settler=settler, message_id="order-3", redelivered=delivery > 0)
+        with pytest.raises(RuntimeError):
+            await middleware(message, raising(RuntimeError("flaky")))
+    # Then it was never dead-lettered as a crash loop
+    assert "publish_dead_letter" not in settler.names
 
 
 async def test_first_deliveries_are_never_counted_as_crash_loops() -> None:
