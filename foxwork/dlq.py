@@ -389,7 +389,12 @@ class DeadLetterQueue:
         """Delete every dead letter; returns how many there were."""
         channel = await self._channel()
         try:
-            queue = await channel.declare_queue(self.name, passive=True)
+            try:
+                queue = await channel.declare_queue(self.name, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity as exc:
+                raise ConfigurationError(
+                    f"there is no dead-letter queue {self.name!r}: check the queue name"
+                ) from exc
             result = await queue.purge()
             return int(result.message_count or 0)
         finally:

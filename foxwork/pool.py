@@ -406,13 +406,15 @@ class WorkerPool:
 
     async def _shutdown(self, timeout: float | None) -> ShutdownReport:
         self._state = PoolState.DRAINING
-        logger.info("pool %r stopping: %d message(s) in flight", self.name, len(self._tasks))
+        # Taken now, not after the awaits below: no task starts once DRAINING, and a cut-off
+        # brought forward meanwhile (a second signal) must still be counted in the report.
+        in_flight = set(self._tasks)
+        logger.info("pool %r stopping: %d message(s) in flight", self.name, len(in_flight))
         for consumer in self._consumers:
             with contextlib.suppress(Exception):
                 await consumer.cancel()
         # Layers that park messages (batching) flush now that nothing new arrives.
         await shutdown_all(self.middleware)
-        in_flight = set(self._tasks)
         self._cut_off_after(timeout)
         if in_flight:
             await asyncio.wait(in_flight)

@@ -97,7 +97,9 @@ async def supervise(
     try:
         for child in children:
             await child.start()
-        results = await asyncio.gather(*(_keep_alive(child, stopping) for child in children))
+        results = await asyncio.gather(
+            *(_keep_alive(child, stopping, signals_seen) for child in children)
+        )
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
@@ -110,11 +112,21 @@ async def supervise(
     return failures[0] if failures else 0
 
 
-async def _keep_alive(child: _Child, stopping: asyncio.Event) -> int:
+async def _keep_alive(child: _Child, stopping: asyncio.Event, signals_seen: list[int]) -> int:
     while True:
         assert child.process is not None
         code = await child.process.wait()
         if stopping.is_set():
+            if code < 0 and -code in signals_seen:
+                # The forwarded signal reached a child still starting, before it installed
+                # its handlers: it had consumed nothing yet, so this is a clean stop.
+                logger.info(
+                    "worker process %d (pid %d) was stopped by %s while starting",
+                    child.index,
+                    child.process.pid,
+                    signal.Signals(-code).name,
+                )
+                return 0
             return code
         ran = time.monotonic() - child.started
         if ran >= RESTART_RESET_AFTER:
