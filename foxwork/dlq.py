@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
@@ -36,6 +37,8 @@ from ._redact import redact_url
 from .backends.rabbitmq.config import RabbitMQConsumerConfig
 from .backends.rabbitmq.convert import DEATH_HEADERS
 from .errors import ConfigurationError, ConnectionLost
+
+logger = logging.getLogger("foxwork.dlq")
 
 __all__ = ["DeadLetterInfo", "DeadLetterQueue", "ReplayResult"]
 
@@ -192,6 +195,8 @@ class DeadLetterQueue:
         self.queue = queue
         self.name = config.names(queue).dead_letter_queue
         self._connection: AbstractConnection | None = None
+        #: Dead letters the last browse counted but could not read (held by another client).
+        self.unread = 0
 
     def __repr__(self) -> str:
         return f"<DeadLetterQueue {self.name!r} at {redact_url(self._config.urls[0])}>"
@@ -269,6 +274,17 @@ class DeadLetterQueue:
             if message is None:
                 break
             fetched.append(message)
+        # Messages another client holds unacked (another browse, a consumer of the DLQ) are
+        # invisible until it lets go: say so rather than pretend the list is complete.
+        self.unread = wanted - len(fetched)
+        if self.unread:
+            logger.warning(
+                "%d of %d dead letters in %s could not be read: another client holds them "
+                "(another `foxwork dlq` run, or a consumer of the DLQ); try again",
+                self.unread,
+                wanted,
+                self.name,
+            )
         return fetched
 
     async def list(self, *, limit: int | None = None) -> list[DeadLetterInfo]:
