@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from typing import Any
@@ -71,6 +72,7 @@ class Topology:
     def __init__(self, config: RabbitMQConsumerConfig) -> None:
         self.config = config
         self._tiers: dict[tuple[str, int], float] = {}
+        self._declaring: dict[tuple[str, int], asyncio.Future[None]] = {}
 
     def forget(self, queue: str | None = None) -> None:
         """Forget which retry tiers were declared (after a reconnect, or when a publish
@@ -124,6 +126,31 @@ class Topology:
         now = time.monotonic()
         if declared is not None and now - declared < RETRY_QUEUE_REDECLARE_AFTER:
             return name
+        pending = self._declaring.get(key)
+        if pending is not None:
+            # One declare per tier at a time: a burst of failures waits for the first one
+            # (or, when the tier exists and is only being refreshed, does not wait at all).
+            if declared is None:
+                await asyncio.shield(pending)
+            return name
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._declaring[key] = future
+        try:
+            await self._declare_tier(channel, names, name, delay_ms)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody else must
+            raise
+        else:
+            future.set_result(None)
+            self._tiers[key] = now
+        finally:
+            del self._declaring[key]
+        return name
+
+    async def _declare_tier(
+        self, channel: AbstractChannel, names: QueueNames, name: str, delay_ms: int
+    ) -> None:
         args = self._type_arguments()
         args["x-message-ttl"] = delay_ms
         args["x-dead-letter-exchange"] = ""
@@ -134,8 +161,6 @@ class Topology:
         await self._exchange(channel, names.retry_exchange, "direct")
         await self._queue(channel, name, args)
         await channel.queue_bind(name, names.retry_exchange, routing_key=name)
-        self._tiers[key] = now
-        return name
 
     async def _queue(self, channel: AbstractChannel, name: str, args: dict[str, Any]) -> None:
         try:
