@@ -1,0 +1,45 @@
+"""foxwork, bare: `RabbitMQBackend` → `WorkerPool` → worker, no middleware.
+
+Prefetch and the pool's concurrency limit are both `--prefetch`. The worker reads
+`message.payload`, which decodes the JSON body (the content type says JSON). With no
+middleware the pool itself acks each message after the worker returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from foxwork import Message, Worker, WorkerPool
+from foxwork.backends import RabbitMQBackend
+
+from ._common import Stop, main
+
+
+class DecodeWorker(Worker[Any]):
+    """The trivial work: decode the JSON body."""
+
+    async def process(self, message: Message[Any]) -> None:
+        message.payload  # noqa: B018  (decoding is the work)
+
+
+async def start(args: argparse.Namespace) -> Stop:
+    backend = RabbitMQBackend(url=args.url, queue=args.queue, prefetch_count=args.prefetch)
+    pool = WorkerPool(
+        workers=[DecodeWorker()],
+        concurrency_limit=args.prefetch,
+        prefetch=args.prefetch,
+        queues=[args.queue],
+    )
+    await pool.start(backend)
+
+    async def stop() -> None:
+        await pool.shutdown(timeout=10)
+        await backend.close()
+
+    return stop
+
+
+if __name__ == "__main__":
+    sys.exit(main("foxwork_bare", start))

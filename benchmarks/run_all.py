@@ -1,0 +1,100 @@
+"""Run the whole benchmark suite on one throwaway broker: `python -m benchmarks`.
+
+In order: throughput (raw aio-pika, foxwork bare, foxwork full chain, FastStream), memory
+under a backlog, retry accuracy, scaling over processes; then the charts. Results go to
+`benchmarks/results/*.json`, charts to `docs/benchmarks/*.png`.
+
+Usage (from the repository root, after `pip install -e '.[bench]'`):
+    python -m benchmarks                 # full size: about 10-15 minutes on 2 CPUs
+    python -m benchmarks --quick         # smoke test: small N, one round, no charts, ~1 min
+    python -m benchmarks --only throughput,retry --url amqp://guest:guest@127.0.0.1:5672/
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import _support as s
+from . import memory_backlog, retry_accuracy, scaling, throughput
+
+BENCHMARKS = ("throughput", "memory", "retry", "scaling")
+#: Sizes of `--quick`, a smoke test; it leaves the committed charts alone.
+QUICK = {
+    "throughput": {"messages": 5_000, "rounds": 1, "warmup": 1_000, "no_plot": True},
+    "memory": {"messages": 50_000, "no_plot": True},
+    "retry": {"messages": 100},
+    "scaling": {"messages": 5_000, "rounds": 1},
+}
+
+
+def defaults(
+    add_arguments: Callable[[argparse.ArgumentParser], None], *layers: dict[str, Any]
+) -> argparse.Namespace:
+    """A benchmark's own defaults, overridden by each of `layers` in turn (a None value in
+    a layer leaves the value before it)."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([])
+    for layer in layers:
+        for key, value in layer.items():
+            if value is not None:
+                setattr(args, key, value)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--url", help="AMQP URL of a broker on 127.0.0.1 (default: start one)")
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
+    parser.add_argument(
+        "--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {BENCHMARKS}"
+    )
+    parser.add_argument("-n", "--messages", type=int, help="throughput: messages per run")
+    parser.add_argument("--rounds", type=int, help="throughput: rounds")
+    parser.add_argument("--backlog", type=int, help="memory: backlog size")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), help="throughput: event loop")
+    args = parser.parse_args(argv)
+    chosen = [b.strip() for b in args.only.split(",") if b.strip()]
+    unknown = [b for b in chosen if b not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHMARKS)}")
+    quick: dict[str, dict[str, Any]] = QUICK if args.quick else {b: {} for b in BENCHMARKS}
+    failures = []
+    began = time.monotonic()
+    with s.broker(args.url) as broker:
+        if "throughput" in chosen:
+            options = defaults(
+                throughput.add_arguments,
+                quick["throughput"],
+                {"messages": args.messages, "rounds": args.rounds, "loop": args.loop},
+            )
+            data = throughput.run(options, throughput.check(options, parser), broker)
+            failures += [f"throughput {r['candidate']}" for r in data["runs"] if r.get("error")]
+        if "memory" in chosen:
+            options = defaults(
+                memory_backlog.add_arguments, quick["memory"], {"messages": args.backlog}
+            )
+            if memory_backlog.run(options, broker)["summary"]["error"]:
+                failures.append("memory")
+        if "retry" in chosen:
+            options = defaults(retry_accuracy.add_arguments, quick["retry"])
+            delays = retry_accuracy.parse_delays(options.delays)
+            if retry_accuracy.run(options, delays, broker)["error"]:
+                failures.append("retry")
+        if "scaling" in chosen:
+            options = defaults(scaling.add_arguments, quick["scaling"])
+            counts = [int(x) for x in options.processes.split(",")]
+            data = scaling.run(options, counts, broker)
+            failures += [f"scaling {r['processes']}" for r in data.get("runs", []) if r["error"]]
+    print(f"\ndone in {time.monotonic() - began:.0f} s", end="")
+    print(f"; FAILED: {', '.join(failures)}" if failures else "")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
