@@ -96,10 +96,12 @@ class TcpProxy:
         self._flowing.set()  # held handlers wake up and find their links closed
         self.sever()
         handlers = list(self._handlers)
-        for task in handlers:
-            task.cancel()
         if handlers:
-            await asyncio.wait(handlers)
+            # They end on their own once their sockets are closed; cancelling them would make
+            # asyncio's server log each cancellation as an error.
+            _, stuck = await asyncio.wait(handlers, timeout=5)
+            for task in stuck:
+                task.cancel()
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
