@@ -1,8 +1,10 @@
 """Run the whole benchmark suite on one throwaway broker: `python -m benchmarks`.
 
-In order: throughput (raw aio-pika, foxwork bare, foxwork full chain, FastStream), memory
-under a backlog, retry accuracy, scaling over processes; then the charts. Results go to
-`benchmarks/results/*.json`, charts to `docs/benchmarks/*.png`.
+In order: throughput (raw aio-pika, foxwork bare, foxwork full chain, FastStream), foxwork
+on uvloop (apart from the headline, which stays on asyncio's loop), the dispatch overhead of
+the middleware chain (in memory), memory under a backlog, retry accuracy, scaling over
+processes; then the charts. Results go to `benchmarks/results/*.json`, charts to
+`docs/benchmarks/*.png`.
 
 Usage (from the repository root, after `pip install -e '.[bench]'`):
     python -m benchmarks                 # full size: about 10-15 minutes on 2 CPUs
@@ -19,12 +21,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _support as s
-from . import memory_backlog, retry_accuracy, scaling, throughput
+from . import bench_dispatch, memory_backlog, retry_accuracy, scaling, throughput
 
-BENCHMARKS = ("throughput", "memory", "retry", "scaling")
+BENCHMARKS = ("throughput", "uvloop", "dispatch", "memory", "retry", "scaling")
+#: The candidates of the uvloop pass: foxwork on uvloop against raw aio-pika on asyncio.
+UVLOOP_CANDIDATES = "raw_aiopika,foxwork_bare_uvloop,foxwork_full_uvloop"
 #: Sizes of `--quick`, a smoke test; it leaves the committed charts alone.
 QUICK = {
     "throughput": {"messages": 5_000, "rounds": 1, "warmup": 1_000, "no_plot": True},
+    "uvloop": {"messages": 5_000, "rounds": 1, "warmup": 1_000},
+    "dispatch": {"messages": 5_000, "rounds": 2},
     "memory": {"messages": 50_000, "no_plot": True},
     "retry": {"messages": 100},
     "scaling": {"messages": 5_000, "rounds": 1},
@@ -58,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="throughput: rounds")
     parser.add_argument("--backlog", type=int, help="memory: backlog size")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), help="throughput: event loop")
+    parser.add_argument("--dispatch-messages", type=int, help="dispatch: messages per run")
     args = parser.parse_args(argv)
     chosen = [b.strip() for b in args.only.split(",") if b.strip()]
     unknown = [b for b in chosen if b not in BENCHMARKS]
@@ -75,6 +82,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             data = throughput.run(options, throughput.check(options, parser), broker)
             failures += [f"throughput {r['candidate']}" for r in data["runs"] if r.get("error")]
+        if "uvloop" in chosen:
+            options = defaults(
+                throughput.add_arguments,
+                {"candidates": UVLOOP_CANDIDATES, "no_plot": True},
+                quick["uvloop"],
+                {"messages": args.messages, "rounds": args.rounds},
+                {"output": s.RESULTS / "throughput_uvloop.json"},
+            )
+            data = throughput.run(options, throughput.check(options, parser), broker)
+            failures += [f"uvloop {r['candidate']}" for r in data["runs"] if r.get("error")]
+        if "dispatch" in chosen:
+            sizes = quick["dispatch"] | (
+                {"messages": args.dispatch_messages} if args.dispatch_messages else {}
+            )
+            argv = [str(sizes["messages"])] if "messages" in sizes else []
+            argv += ["--rounds", str(sizes["rounds"])] if "rounds" in sizes else []
+            print()
+            if bench_dispatch.main(argv) != 0:
+                failures.append("dispatch (over budget)")
         if "memory" in chosen:
             options = defaults(
                 memory_backlog.add_arguments, quick["memory"], {"messages": args.backlog}

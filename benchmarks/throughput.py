@@ -36,6 +36,10 @@ CANDIDATES: dict[str, tuple[str, tuple[str, ...]]] = {
     "faststream_sub": ("faststream_sub", ()),
     # FastStream exactly as it comes, with its two log lines per message.
     "faststream_logged": ("faststream_sub", ("--access-log",)),
+    # foxwork on uvloop (`foxwork run --loop uvloop`), whatever `--loop` says for the others:
+    # reported apart from the headline comparison, which stays on asyncio's own loop.
+    "foxwork_bare_uvloop": ("foxwork_bare", ("--loop", "uvloop")),
+    "foxwork_full_uvloop": ("foxwork_full", ("--loop", "uvloop")),
 }
 DEFAULT_CANDIDATES = ("raw_aiopika", "foxwork_bare", "foxwork_full", "faststream_sub")
 #: The candidate every other is compared with, within each round.

@@ -295,6 +295,7 @@ def test_run_with_a_bad_target_prints_a_clear_error_and_exits_2(
         ["run", "tests.cli_app:pool", "--prefetch", "many"],
         ["run", "tests.cli_app:pool", "--shutdown-timeout", "-1"],
         ["run", "tests.cli_app:pool", "--log-level", "loud"],
+        ["run", "tests.cli_app:pool", "--loop", "trio"],
         [],
     ],
 )
@@ -323,6 +324,68 @@ def test_run_on_the_memory_backend_stops_gracefully_on_sigterm(foxwork_process: 
     assert "graceful shutdown complete" in output
     # And it said plainly that it ran in memory
     assert "running on the in-memory backend" in output
+
+
+# -- foxwork run: the event loop ---------------------------------------------------------
+
+
+def test_run_on_uvloop_serves_and_stops_gracefully(foxwork_process: Any):
+    pytest.importorskip("uvloop")
+    # Given `foxwork run --loop uvloop`
+    process = foxwork_process("run", "tests.cli_app:pool", "--loop", "uvloop")
+    process.wait_for_line("stop it with Ctrl-C")
+    # When it gets SIGTERM
+    process.send_signal(signal.SIGTERM)
+    # Then it said which loop it runs on, and stopped gracefully
+    code, output = process.finish()
+    assert code == 0, output
+    assert "event loop: uvloop" in output
+    assert "graceful shutdown complete" in output
+
+
+@pytest.mark.parametrize(("loop", "module"), [("asyncio", "asyncio"), ("uvloop", "uvloop")])
+def test_run_on_loop_runs_the_coroutine_on_the_loop_asked_for(loop: str, module: str):
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+
+    async def loop_module() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert cli.run_on_loop(loop_module(), loop).split(".")[0] == module
+
+
+def test_asking_for_uvloop_without_it_installed_is_a_clear_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    # Given no uvloop (an import of it fails)
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    # When foxwork run is asked to use it
+    code = cli.main(["run", "tests.cli_app:pool", "--loop", "uvloop"])
+    # Then it exits 2 with one line that says how to get it, before running anything
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("foxwork run: error: --loop uvloop needs uvloop")
+    assert "pip install" in err and err.count("\n") == 1
+
+
+def test_processes_pass_the_event_loop_on_to_each_child(monkeypatch: pytest.MonkeyPatch):
+    # Given a supervisor that records the command line of its children
+    seen: list[list[str]] = []
+
+    async def supervise(child: list[str], processes: int, *, env: dict[str, str]) -> int:
+        seen.append(child)
+        return 0
+
+    monkeypatch.setattr("foxwork.supervisor.supervise", supervise)
+    # When foxwork run starts two processes on uvloop
+    url = "amqp://guest:guest@127.0.0.1:1/"
+    code = cli.main(
+        ["run", "tests.cli_app:pool", "--processes", "2", "--url", url, "--loop", "uvloop"]
+    )
+    # Then every child runs on uvloop too
+    assert code == 0
+    [child] = seen
+    assert child[child.index("--loop") + 1] == "uvloop"
 
 
 async def test_first_signal_lets_in_flight_messages_finish_and_exits_0(

@@ -4,14 +4,15 @@ The probe measures every candidate at the same two points, below any framework, 
 AMQP client (aiormq) that all of them use:
 
 - start: the first `basic.deliver` frame the client reads;
-- end: the broker has processed the `expected`-th `basic.ack`. The probe counts the acks the
-  client writes, then makes one round trip on the channel that sent the last one (a passive
-  `queue.declare`): the broker handles a channel's frames in order, so when the reply
+- end: the broker has processed the `expected`-th ack. The probe counts the deliveries the
+  client's `basic.ack` frames settle (one each, or for `multiple=True` every one up to the
+  tag not acked before), then makes one round trip on the channel that sent the last one (a
+  passive `queue.declare`): the broker handles a channel's frames in order, so when the reply
   arrives every ack before it has been applied. The reply's message count (messages still
   ready in the queue) is reported as `ready_after` and must be 0.
 
-Hooking the client costs each candidate the same (one extra coroutine call per ack), and
-the first-delivery hook removes itself. CPU time is the process's own (all threads) between
+Hooking the client costs each candidate the same (one extra coroutine call per ack frame),
+and the first-delivery hook removes itself. CPU time is the process's own (all threads) between
 the two points; peak RSS is the process's high-water mark (`VmHWM`).
 """
 
@@ -81,6 +82,9 @@ class Probe:
         self.rss_end_kib = 0
         self.ready_after: int | None = None
         self._last_channel: Channel | None = None
+        # Per channel: every tag up to the first number was acked; the set holds single
+        # acks above it.
+        self._acks_by_channel: dict[int, tuple[int, set[int]]] = {}
         self._profile_path = profile
         self._profiler: Any = None
 
@@ -93,11 +97,9 @@ class Probe:
         async def basic_ack(
             channel: Channel, delivery_tag: int, multiple: bool = False, wait: bool = True
         ) -> None:
-            if multiple:
-                raise RuntimeError("the benchmark counts single acks; multiple=True is not used")
             await original_ack(channel, delivery_tag, multiple, wait)
-            probe.acked += 1
-            if probe.acked == probe.expected:
+            probe.acked += probe._count_acked(channel, delivery_tag, multiple)
+            if probe.acked >= probe.expected and not probe.done.is_set():
                 probe._last_channel = channel
                 probe.done.set()
 
@@ -108,6 +110,28 @@ class Probe:
 
         Channel.basic_ack = basic_ack  # type: ignore[method-assign,assignment]
         Channel._on_deliver_frame = on_deliver_frame  # type: ignore[method-assign,assignment]
+
+    def _count_acked(self, channel: Channel, tag: int, multiple: bool) -> int:
+        """How many deliveries one `basic.ack` settled. A multiple ack settles every
+        delivery of the channel up to `tag` not acked before (the benchmarks never nack).
+
+        Per channel: `floor`, below which every tag was acked, and the single acks above
+        it (as many as are acked out of order: at most the prefetch)."""
+        key = id(channel)
+        floor, singles = self._acks_by_channel.get(key, (0, set()))
+        if multiple:
+            below = {t for t in singles if t <= tag}
+            singles -= below
+            count = tag - floor - len(below)
+            floor = tag
+        else:
+            singles.add(tag)
+            count = 1
+        while floor + 1 in singles:
+            floor += 1
+            singles.remove(floor)
+        self._acks_by_channel[key] = (floor, singles)
+        return count
 
     def _mark_start(self) -> None:
         self.rss_start_kib = rss_kib()

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import aio_pika
@@ -28,6 +28,7 @@ from ..._redact import redact_url
 from ...errors import BackendError, ConnectionLost, PublishNotConfirmed, TopologyConflict
 from ...message import Message, MessageProperties
 from ..base import Backend, Consumer, Handler, copy_properties
+from .acks import AckCoalescer
 from .config import RabbitMQConsumerConfig, UrlOrder
 from .convert import DEATH_HEADERS, to_amqp_properties, to_message
 from .topology import Topology
@@ -38,6 +39,8 @@ logger = logging.getLogger("foxwork.backends.rabbitmq")
 
 #: Seconds between attempts to re-establish a consumer the broker cancelled.
 CONSUMER_RESTORE_DELAY = 1.0
+#: Seconds `close()` waits for acks not yet written before it closes the connection.
+ACK_FLUSH_TIMEOUT = 5.0
 
 _TRANSPORT_ERRORS = (
     aiormq.exceptions.AMQPError,
@@ -95,6 +98,8 @@ class _RabbitConsumer(Consumer):
             await channel.set_qos(prefetch_count=self._prefetch)
             raw = await channel.get_underlay_channel()
             raw.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
+            # Before consuming: the first delivery may be handled before consume() returns.
+            self._backend._start_acks(raw, self._prefetch, replacing=self._channel)
             tag = self._backend._next_consumer_tag(self.queue)
             ok = await raw.basic_consume(self.queue, self._on_delivery, consumer_tag=tag)
         self._channel = raw
@@ -105,9 +110,13 @@ class _RabbitConsumer(Consumer):
             )
 
     async def _on_delivery(self, delivered: DeliveredMessage) -> None:
+        # aiormq runs this in a task per delivery, started in the order the deliveries
+        # arrived, and this first step never waits: tags are registered in order.
+        acks = self._backend._acks.get(delivered.channel)
+        if acks is not None:
+            acks.delivered(_tag_of(delivered))
         if self._cancelled:
-            with contextlib.suppress(*_TRANSPORT_ERRORS):
-                await delivered.channel.basic_nack(_tag_of(delivered), requeue=True)
+            await _nack_quietly(self._backend, delivered)
             return
         self._buffer.put_nowait(delivered)
 
@@ -122,7 +131,7 @@ class _RabbitConsumer(Consumer):
                 await self._handler(message)
             except asyncio.CancelledError:
                 if message.worker is None and not message.settled:
-                    await _nack_quietly(delivered)
+                    await _nack_quietly(backend, delivered)
                 raise
 
     def _on_broker_cancel(self, frame: Any) -> None:
@@ -182,7 +191,7 @@ class _RabbitConsumer(Consumer):
                 await asyncio.wait([task])
         # Received but never handed to the pool: straight back to the queue.
         for delivered in self._drain_buffer_quietly():
-            await _nack_quietly(delivered)
+            await _nack_quietly(self._backend, delivered)
 
 
 def _tag_of(delivered: DeliveredMessage) -> int:
@@ -191,9 +200,37 @@ def _tag_of(delivered: DeliveredMessage) -> int:
     return tag
 
 
-async def _nack_quietly(delivered: DeliveredMessage) -> None:
+async def _nack_quietly(backend: RabbitMQBackend, delivered: DeliveredMessage) -> None:
     with contextlib.suppress(*_TRANSPORT_ERRORS):
-        await delivered.channel.basic_nack(_tag_of(delivered), requeue=True)
+        await backend._nack(delivered.channel, _tag_of(delivered), requeue=True)
+
+
+async def _settle_on(channel: RawChannel, settlement: Awaitable[None]) -> None:
+    """Await an ack or nack of `channel`, but give up when the channel closes first.
+
+    aiormq hands frames to the connection's writer through a bounded queue. When the
+    connection dies, its writer stops before the channels are marked closed; a settlement
+    made in that moment can wait for room in the full queue forever, and with it the pool's
+    slot (SIGKILL of a node, or a TCP reset while the writer is busy). While the queue has
+    room (the usual case) the settlement is awaited as it is, at no extra cost.
+    """
+    if not channel.connection.write_queue.full():
+        await settlement
+        return
+    task = asyncio.ensure_future(settlement)
+    closing = channel.closing
+    try:
+        await asyncio.wait((task, closing), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        closing.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait((task,))
+    if task.cancelled():
+        raise aiormq.exceptions.ChannelInvalidStateError(
+            f"channel {channel} closed before the settlement was sent"
+        )
+    task.result()
 
 
 class RabbitMQBackend(Backend):
@@ -220,6 +257,8 @@ class RabbitMQBackend(Backend):
         self._publisher: RawChannel | None = None
         self._topology_channel: AbstractChannel | None = None
         self._consumers: list[_RabbitConsumer] = []
+        #: The ack coalescer of each consumer channel (see `acks.py`).
+        self._acks: dict[RawChannel, AckCoalescer] = {}
         self._tag_counter = 0
         self._closing = False
         #: Settlements that could not reach the broker because the channel had died (the
@@ -258,6 +297,7 @@ class RabbitMQBackend(Backend):
         stale, self._consumers = self._consumers, []
         for consumer in stale:
             await consumer.cancel()
+        self._acks.clear()
         errors: list[str] = []
         for url in self._ordered_urls():
             try:
@@ -301,6 +341,12 @@ class RabbitMQBackend(Backend):
         for consumer in self._consumers:
             await consumer.cancel()
         self._consumers.clear()
+        # Acks handed over but not yet written go out before the connection closes (unless
+        # the connection cannot take them: then the broker redelivers those messages).
+        deadline = asyncio.get_running_loop().time() + ACK_FLUSH_TIMEOUT
+        for acks in list(self._acks.values()):
+            await acks.wait_idle(max(0.0, deadline - asyncio.get_running_loop().time()))
+        self._acks.clear()
         connection, self._connection = self._connection, None
         if connection is not None and not connection.is_closed:
             with contextlib.suppress(*_TRANSPORT_ERRORS, TimeoutError):
@@ -429,15 +475,36 @@ class RabbitMQBackend(Backend):
             type(exc).__name__,
         )
 
+    def _start_acks(
+        self, channel: RawChannel, prefetch: int, *, replacing: RawChannel | None
+    ) -> None:
+        if replacing is not None:
+            self._acks.pop(replacing, None)
+        self._acks[channel] = AckCoalescer(channel, prefetch=prefetch, settle_on=_settle_on)
+
+    async def _nack(self, channel: RawChannel, tag: int, *, requeue: bool) -> None:
+        acks = self._acks.get(channel)
+        if acks is None:
+            await _settle_on(channel, channel.basic_nack(tag, requeue=requeue))
+        else:
+            await acks.nack(tag, requeue=requeue)
+
     async def ack_message(self, message: Message[Any]) -> None:
+        # Coalesced with the other acks of this loop turn on the channel (see `acks.py`);
+        # returns once the ack is written, as a single ack would.
+        channel: RawChannel = message.raw.channel
+        acks = self._acks.get(channel)
         try:
-            await message.raw.channel.basic_ack(message.delivery_tag)
+            if acks is None:
+                await _settle_on(channel, channel.basic_ack(message.delivery_tag))
+            else:
+                await acks.ack(message.delivery_tag)
         except _TRANSPORT_ERRORS as exc:
             self._settle_failed(message, "ack", exc)
 
     async def nack_message(self, message: Message[Any], *, requeue: bool) -> None:
         try:
-            await message.raw.channel.basic_nack(message.delivery_tag, requeue=requeue)
+            await self._nack(message.raw.channel, message.delivery_tag, requeue=requeue)
         except _TRANSPORT_ERRORS as exc:
             self._settle_failed(message, "nack", exc)
 
