@@ -387,7 +387,8 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     if name == "asyncio":
         return None
     try:
-        import uvloop
+        # Imported by name: uvloop is an optional extra, absent from most installs.
+        uvloop: Any = importlib.import_module("uvloop")
     except ImportError:
         raise CommandLineError(
             "--loop uvloop needs uvloop, which is not installed: pip install "
