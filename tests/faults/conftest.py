@@ -514,6 +514,34 @@ class FaultRun:
             print(f"\n[faults] not drained: {last}, pool: {self.pool.health()}")
             raise
 
+    async def settle(
+        self, ledger: Ledger, probe: QueueProbe, *, wait: float = 60.0, drain: float = 30.0
+    ) -> list[str]:
+        """After the fault: every id processed, the queue and its retry tier drained, and
+        the pool still RUNNING. Returns the queues that must end empty."""
+        await ledger.wait_complete(timeout=wait)
+        queues = topology_names(self.queue, RETRY_TIER_MS)
+        await self.drain(probe, queues, timeout=drain)
+        self.assert_running()
+        return queues
+
+    async def finish(
+        self,
+        probe: QueueProbe,
+        queues: Sequence[str],
+        ledger: Ledger,
+        name: str,
+        n: int,
+        began: float,
+        **extra: Any,
+    ) -> None:
+        """Stop, then prove nothing is left (unacked messages would be back in the queues
+        once the connection is closed) and every id was processed; print the figures."""
+        await self.stop()
+        await probe.assert_empty(queues)
+        ledger.assert_complete()
+        report(name, n, ledger, began, **extra)
+
     async def stop(self) -> None:
         """Shut the pool down (in-flight messages finish) and close the backend."""
         if self.stopped:

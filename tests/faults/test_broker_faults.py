@@ -22,7 +22,6 @@ from foxwork.backends import ConnectionState
 from tests.harness.rabbitmq import RabbitMQNode
 
 from .conftest import (
-    RETRY_TIER_MS,
     Ledger,
     LedgerWorker,
     QueueProbe,
@@ -30,8 +29,6 @@ from .conftest import (
     in_thread,
     numbered_ids,
     publish_numbered,
-    report,
-    topology_names,
     wait_until,
 )
 from .proxy import TcpProxy
@@ -77,18 +74,14 @@ async def test_broker_killed_mid_stream_loses_nothing(
     await run.wait_connected(timeout=30)
     run.assert_running()
 
-    await ledger.wait_complete(timeout=60)
-    queues = topology_names(fault_queue, RETRY_TIER_MS)
-    await run.drain(probe, queues, timeout=30)
-    run.assert_running()
+    queues = await run.settle(ledger, probe)
     assert run.backend.reconnects >= 1
-    await run.stop()
-    await probe.assert_empty(queues)
-    ledger.assert_complete()
-    report(
+    await run.finish(
+        probe,
+        queues,
+        ledger,
         "broker SIGKILL + restart",
         n,
-        ledger,
         began,
         processed_before_kill=processed_at_kill,
         reconnects=run.backend.reconnects,
@@ -125,18 +118,14 @@ async def test_connections_closed_by_broker_every_two_seconds(
         await run.wait_lost(last_close, timeout=10)
         run.assert_running()
 
-    await ledger.wait_complete(timeout=60)
-    queues = topology_names(fault_queue, RETRY_TIER_MS)
-    await run.drain(probe, queues, timeout=30)
-    run.assert_running()
+    queues = await run.settle(ledger, probe)
     assert run.backend.reconnects >= closes
-    await run.stop()
-    await probe.assert_empty(queues)
-    ledger.assert_complete()
-    report(
+    await run.finish(
+        probe,
+        queues,
+        ledger,
         "close_all_connections x10",
         n,
-        ledger,
         began,
         reconnects=run.backend.reconnects,
         settle_failures=run.rabbit.settle_failures,
@@ -189,17 +178,13 @@ async def test_blackholed_connection_detected_by_heartbeat_then_failover(
     assert proxy.blackholed
     run.assert_running()
 
-    await ledger.wait_complete(timeout=60)
-    queues = topology_names(fault_queue, RETRY_TIER_MS)
-    await run.drain(probe, queues, timeout=30)
-    run.assert_running()
-    await run.stop()
-    await probe.assert_empty(queues)
-    ledger.assert_complete()
-    report(
+    queues = await run.settle(ledger, probe)
+    await run.finish(
+        probe,
+        queues,
+        ledger,
         "blackhole",
         n,
-        ledger,
         began,
         detection_s=round(detection, 1),
         reconnect_s=round(reconnect, 1),
@@ -264,22 +249,18 @@ async def test_settling_deliveries_of_a_dead_channel(
     run.assert_running()
     await run.wait_connected(timeout=15)
 
-    await ledger.wait_complete(timeout=60)
-    queues = topology_names(fault_queue, RETRY_TIER_MS)
-    await run.drain(probe, queues, timeout=30)
-    run.assert_running()
+    queues = await run.settle(ledger, probe)
     settle_failures = run.rabbit.settle_failures
     # One failed settlement per held message (its ack, or the nack after its retry copy
     # could not be published), and none on the new connection.
     assert settle_failures == len(held)
     assert all(ledger.counts[message_id] >= 1 for message_id in held)
-    await run.stop()
-    await probe.assert_empty(queues)
-    ledger.assert_complete()
-    report(
+    await run.finish(
+        probe,
+        queues,
+        ledger,
         "settling on a dead channel",
         n,
-        ledger,
         began,
         held=len(held),
         settle_failures=settle_failures,
@@ -378,19 +359,15 @@ async def test_settlements_behind_a_wedged_writer_when_the_connection_resets(
     run.assert_running()
     await run.wait_connected(timeout=15)
 
-    await ledger.wait_complete(timeout=60)
-    queues = topology_names(fault_queue, RETRY_TIER_MS)
-    await run.drain(probe, queues, timeout=30)
-    run.assert_running()
+    queues = await run.settle(ledger, probe)
     settle_failures = run.rabbit.settle_failures
     assert settle_failures == held_count
-    await run.stop()
-    await probe.assert_empty(queues)
-    ledger.assert_complete()
-    report(
+    await run.finish(
+        probe,
+        queues,
+        ledger,
         "settlements behind a wedged writer, then TCP reset",
         n,
-        ledger,
         began,
         held=held_count,
         settle_failures=settle_failures,
@@ -433,19 +410,15 @@ async def test_connection_reset_by_the_network(
         assert ledger.processed < n, "the stream ended before the reset: pace it slower"
         run.assert_running()
 
-    await ledger.wait_complete(timeout=60)
-    queues = topology_names(fault_queue, RETRY_TIER_MS)
-    await run.drain(probe, queues, timeout=30)
-    run.assert_running()
+    queues = await run.settle(ledger, probe)
     assert run.backend.reconnects >= resets
     assert run.connected_port == proxy.port
-    await run.stop()
-    await probe.assert_empty(queues)
-    ledger.assert_complete()
-    report(
+    await run.finish(
+        probe,
+        queues,
+        ledger,
         "TCP reset x3 (proxy sever)",
         n,
-        ledger,
         began,
         reconnects=run.backend.reconnects,
         settle_failures=run.rabbit.settle_failures,
@@ -484,14 +457,8 @@ async def test_short_partition_healed_before_heartbeat_timeout(
     assert ledger.processed < n, "the stream ended before the partition: pace it slower"
     proxy.heal()
 
-    await ledger.wait_complete(timeout=60)
-    queues = topology_names(fault_queue, RETRY_TIER_MS)
-    await run.drain(probe, queues, timeout=30)
-    run.assert_running()
+    queues = await run.settle(ledger, probe)
     assert run.states.first(DISCONNECTED, after=0.0) is None, run.states.changes
     assert run.backend.reconnects == 0
     assert run.rabbit.settle_failures == 0
-    await run.stop()
-    await probe.assert_empty(queues)
-    ledger.assert_complete()
-    report("1 s partition, healed", n, ledger, began)
+    await run.finish(probe, queues, ledger, "1 s partition, healed", n, began)
