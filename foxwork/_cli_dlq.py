@@ -14,13 +14,13 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
+from ._cli_common import ENV_URL, CommandLineError
 from ._redact import redact
 from .dlq import DeadLetterInfo, DeadLetterQueue
 from .errors import BackendError, ConfigurationError
 
 __all__ = ["add_dlq_command"]
 
-ENV_URL = "FOXWORK_URL"
 _REASON_WIDTH = 60
 
 
@@ -74,16 +74,10 @@ def add_dlq_command(subparsers: Any) -> None:
     purge.set_defaults(handler=_purge)
 
 
-def _error(message: str) -> Exception:
-    from .cli import CommandLineError
-
-    return CommandLineError(message)
-
-
 def _run(args: argparse.Namespace, action: Callable[[DeadLetterQueue], Awaitable[int]]) -> int:
     url = args.url or os.environ.get(ENV_URL)
     if not url:
-        raise _error(f"no broker URL: pass --url amqp://... or set ${ENV_URL}")
+        raise CommandLineError(f"no broker URL: pass --url amqp://... or set ${ENV_URL}")
 
     async def main() -> int:
         try:
@@ -91,7 +85,7 @@ def _run(args: argparse.Namespace, action: Callable[[DeadLetterQueue], Awaitable
             async with dlq:
                 return await action(dlq)
         except (BackendError, ConfigurationError) as exc:
-            raise _error(redact(str(exc))) from None
+            raise CommandLineError(redact(str(exc))) from None
 
     return asyncio.run(main())
 
@@ -138,7 +132,7 @@ def _show(args: argparse.Namespace) -> int:
     async def action(dlq: DeadLetterQueue) -> int:
         letter = await dlq.show(args.id)
         if letter is None:
-            raise _error(f"no dead letter with id {args.id!r} in {dlq.name}")
+            raise CommandLineError(f"no dead letter with id {args.id!r} in {dlq.name}")
         body: Any
         try:
             body = letter.body.decode()
@@ -212,7 +206,9 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _purge(args: argparse.Namespace) -> int:
     if not args.yes:
-        raise _error(f"purge deletes every dead letter of {args.queue!r}: add --yes to confirm")
+        raise CommandLineError(
+            f"purge deletes every dead letter of {args.queue!r}: add --yes to confirm"
+        )
 
     async def action(dlq: DeadLetterQueue) -> int:
         count = await dlq.purge()

@@ -28,6 +28,7 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any, TypeAlias, TypeVar
 
 from . import __version__
+from ._cli_common import ENV_URL, CommandLineError
 from ._cli_dlq import add_dlq_command
 from ._redact import RedactingFormatter, redact, redact_url
 from .backends.base import Backend
@@ -49,8 +50,6 @@ __all__ = [
 
 logger = logging.getLogger("foxwork.cli")
 
-#: Environment variable read for the broker URL when `--url` is not given.
-ENV_URL = "FOXWORK_URL"
 #: Every log line: time, level, logger, message (URLs in it redacted).
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -64,10 +63,6 @@ EXIT_USAGE = 2
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 T = TypeVar("T")
-
-
-class CommandLineError(Exception):
-    """A usage or configuration problem: printed as one line, exit code 2."""
 
 
 # -- the parser --------------------------------------------------------------------------
