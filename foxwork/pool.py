@@ -8,9 +8,10 @@ import dataclasses
 import enum
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
+from ._slots import Slots
 from .backends.base import Backend, Consumer
 from .errors import ConfigurationError, PoolStateError
 from .message import Message
@@ -157,7 +158,7 @@ class WorkerPool:
         self._backend: Backend | None = None
         self._consumers: list[Consumer] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._slots: asyncio.Semaphore | None = None
+        self._slots: Slots | None = None
         self._stopped: asyncio.Event | None = None
         self._shutdown_task: asyncio.Task[ShutdownReport] | None = None
         self._cutoff: asyncio.TimerHandle | None = None
@@ -250,7 +251,7 @@ class WorkerPool:
                 f"pool {self.name!r} is {self._state.value}: a pool runs once; build a new one"
             )
         self._state = PoolState.RUNNING
-        self._slots = asyncio.Semaphore(self.concurrency_limit)
+        self._slots = Slots(self.concurrency_limit)
         self._stopped = asyncio.Event()
 
     async def start(self, backend: Backend, *, queues: Sequence[str] | None = None) -> None:
@@ -275,7 +276,7 @@ class WorkerPool:
                 await backend.connect()
             for name in names:
                 await backend.declare(name)
-                consumer = await backend.consume(name, self.dispatch, prefetch=self.prefetch)
+                consumer = await backend.consume(name, _Intake(self), prefetch=self.prefetch)
                 self._consumers.append(consumer)
         except BaseException:
             await self._finish()
@@ -319,11 +320,29 @@ class WorkerPool:
             )
         slots = self._slots
         assert slots is not None
-        await slots.acquire()
+        await slots.take()
         if self._state is not PoolState.RUNNING:
-            slots.release()
+            slots.give_back()
             await message.nack(requeue=True)
             return
+        self._begin(message)
+
+    def offer(self, message: Message[Any]) -> bool:
+        """Start processing `message` now if the pool is running and a slot is free.
+
+        The non-waiting twin of `dispatch()`, for a backend that receives deliveries in a
+        callback that must not wait: returns False, having taken nothing, when the pool is
+        full, someone already waits for a slot, or the pool is not running. The caller then
+        hands the message to `dispatch()` in order.
+        """
+        slots = self._slots
+        if self._state is not PoolState.RUNNING or slots is None or not slots.try_take():
+            return False
+        self._begin(message)
+        return True
+
+    def _begin(self, message: Message[Any]) -> None:
+        # The caller holds a slot for the message.
         self.received += 1
         index = self._pick()
         self._in_flight_counts[index] += 1
@@ -339,7 +358,7 @@ class WorkerPool:
         self._tasks.discard(task)
         self._in_flight_counts[index] -= 1
         assert self._slots is not None
-        self._slots.release()
+        self._slots.give_back()
 
     async def _endpoint(self, message: Message[Any]) -> None:
         worker = message.worker
@@ -458,3 +477,17 @@ class WorkerPool:
         self._state = PoolState.STOPPED
         if self._stopped is not None:
             self._stopped.set()
+
+
+class _Intake:
+    """What a pool gives each backend consumer: awaiting `intake(message)` is the pool's
+    `dispatch()` (waits for a slot), and `intake.offer(message)` its non-waiting twin."""
+
+    __slots__ = ("_pool", "offer")
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self._pool = pool
+        self.offer = pool.offer
+
+    def __call__(self, message: Message[Any]) -> Awaitable[None]:
+        return self._pool.dispatch(message)

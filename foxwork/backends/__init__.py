@@ -1,6 +1,6 @@
 """Backends: where messages come from and where retries and dead letters go."""
 
-from .base import Backend, Consumer
+from .base import Backend, Consumer, offer_of
 from .memory import MemoryBackend
 from .rabbitmq import QueueType, RabbitMQBackend, RabbitMQConsumerConfig, UrlOrder
 from .resilient import ConnectionState, ReconnectStrategy, ResilientBackend
@@ -16,4 +16,5 @@ __all__ = [
     "ReconnectStrategy",
     "ResilientBackend",
     "UrlOrder",
+    "offer_of",
 ]

@@ -17,7 +17,14 @@ from typing import Any
 from ..message import Message, MessageProperties
 from ..telemetry import inject_context
 
-__all__ = ["Backend", "ConnectionLostCallback", "Consumer", "Handler", "copy_properties"]
+__all__ = [
+    "Backend",
+    "ConnectionLostCallback",
+    "Consumer",
+    "Handler",
+    "copy_properties",
+    "offer_of",
+]
 
 logger = logging.getLogger("foxwork.backends")
 
@@ -27,6 +34,15 @@ ConnectionLostCallback = Callable[[BaseException | None], None]
 #: Called by a backend for each delivery, one at a time per consumer: the next delivery is
 #: handed over only after the previous call returned (that is the pool's backpressure).
 Handler = Callable[[Message[Any]], Awaitable[None]]
+
+
+def offer_of(handler: Handler) -> Callable[[Message[Any]], bool] | None:
+    """The handler's non-waiting entry, if it has one (a pool's has): `offer(message)`
+    starts handling the message at once and returns True, or takes nothing and returns
+    False (no room, or not running). A backend that receives deliveries in a callback that
+    must not wait tries it first and falls back to awaiting the handler, in order."""
+    offer = getattr(handler, "offer", None)
+    return offer if callable(offer) else None
 
 
 class Consumer(abc.ABC):

@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import logging
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -160,7 +161,7 @@ async def test_shutdown_finishes_in_flight_messages_and_returns_unstarted_ones_t
     # Given six messages, and a pool processing two at a time with four prefetched
     release = asyncio.Event()
 
-    async def slow(message: Message[object]) -> None:
+    async def slow(message: Message[Any]) -> None:
         async with asyncio.timeout(10):
             await release.wait()
 
@@ -205,3 +206,48 @@ async def test_shutdown_finishes_in_flight_messages_and_returns_unstarted_ones_t
 
 async def _ready_is(broker: Broker, queue: str, count: int) -> bool:
     return await broker.ready(queue) == count
+
+
+@pytest.mark.parametrize("concurrency_limit", [1, 3])
+async def test_the_concurrency_limit_holds_and_messages_start_in_queue_order(
+    backend: Backend,
+    broker: Broker,
+    start_pool: PoolStarter,
+    queue_name: str,
+    concurrency_limit: int,
+) -> None:
+    # Given 30 messages in the queue, and a pool whose prefetch (10) exceeds its limit, so
+    # that deliveries arrive while every slot is taken and must wait their turn
+    ids = [f"m-{n:02d}" for n in range(30)]
+    for message_id in ids:
+        await broker.publish(queue_name, b"{}", MessageProperties(message_id=message_id))
+    live = 0
+    most = 0
+
+    async def slow(message: Message[Any]) -> None:
+        nonlocal live, most
+        live += 1
+        most = max(most, live)
+        await asyncio.sleep(0.005)
+        live -= 1
+
+    worker = Recorder(slow)
+
+    # When the pool drains the queue
+    await start_pool(
+        worker,
+        middleware=[AckNackMiddleware()],
+        concurrency_limit=concurrency_limit,
+        prefetch=10,
+    )
+    await worker.wait_processed(*ids)
+
+    # Then never more than the limit ran at once, every message started in queue order
+    # exactly once, and the queue is empty
+    assert 1 <= most <= concurrency_limit
+    assert [d.id for d in worker.deliveries] == ids
+
+    async def drained() -> bool:
+        return await broker.ready(queue_name) == 0
+
+    await wait_until(drained, what="the queue is empty")

@@ -507,7 +507,7 @@ async def test_a_stopped_pool_cannot_run_again(
 
 
 @pytest.mark.parametrize("started", [False, True])
-async def test_dispatch_needs_a_running_pool(
+async def test_dispatch_and_offer_need_a_running_pool(
     make_pool: PoolFactory, memory_backend: MemoryBackend, started: bool
 ) -> None:
     # Given a pool never started, or started and shut down
@@ -516,9 +516,13 @@ async def test_dispatch_needs_a_running_pool(
         await pool.start(memory_backend)
     await pool.shutdown()
 
-    # When / Then
+    # When / Then dispatch refuses with an error
     with pytest.raises(PoolStateError, match="dispatch\\(\\) needs a running pool"):
         await pool.dispatch(make_message())
+    # and offer refuses, taking nothing
+    offered = make_message()
+    assert not pool.offer(offered)
+    assert offered.worker is None and not offered.settled and pool.received == 0
 
 
 async def test_a_pool_without_any_queue_is_refused_and_stays_startable(
@@ -671,3 +675,27 @@ def test_worker_ids_must_be_unique() -> None:
 def test_configuration_error_is_also_a_value_error() -> None:
     with pytest.raises(ValueError):
         WorkerPool(workers=[])
+
+
+async def test_offer_starts_a_message_at_once_while_a_slot_is_free_and_refuses_when_full(
+    make_pool: PoolFactory, memory_backend: MemoryBackend
+) -> None:
+    # Given a running pool with one slot
+    finished: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    worker = GateWorker("w", finished)
+    pool = make_pool(worker, concurrency_limit=1)
+    await pool.start(memory_backend)
+
+    # When a message is offered, then another one while the first holds the slot
+    first = make_message(b'"block"')
+    taken = pool.offer(first)
+    await asyncio.wait_for(worker.blocked.wait(), SOON)
+    second = make_message(b'"next"')
+    refused = pool.offer(second)
+
+    # Then the first was taken and runs; the second was refused and left untouched
+    assert taken and first.worker is worker
+    assert not refused and second.worker is None and not second.settled
+    assert pool.in_flight == 1 and pool.received == 1
+    worker.release.set()
+    assert await asyncio.wait_for(finished.get(), SOON) == ("w", "block")

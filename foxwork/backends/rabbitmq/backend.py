@@ -27,7 +27,7 @@ from ... import wire
 from ..._redact import redact_url
 from ...errors import BackendError, ConnectionLost, PublishNotConfirmed, TopologyConflict
 from ...message import Message, MessageProperties
-from ..base import Backend, Consumer, Handler, copy_properties
+from ..base import Backend, Consumer, Handler, copy_properties, offer_of
 from .acks import AckCoalescer
 from .config import RabbitMQConsumerConfig, UrlOrder
 from .convert import DEATH_HEADERS, to_amqp_properties, to_message
@@ -73,8 +73,11 @@ class _RabbitConsumer(Consumer):
         self.queue = queue
         self._backend = backend
         self._handler = handler
+        self._offer = offer_of(handler)
         self._prefetch = prefetch
-        self._buffer: asyncio.Queue[DeliveredMessage] = asyncio.Queue()
+        # Deliveries the pool had no room for yet, in arrival order (`message.raw` is the
+        # delivery); `_intake` hands them over as slots free up.
+        self._buffer: asyncio.Queue[Message[Any]] = asyncio.Queue()
         self._channel: RawChannel | None = None
         self._tag: str | None = None
         self._cancelled = False
@@ -112,26 +115,32 @@ class _RabbitConsumer(Consumer):
     async def _on_delivery(self, delivered: DeliveredMessage) -> None:
         # aiormq runs this in a task per delivery, started in the order the deliveries
         # arrived, and this first step never waits: tags are registered in order.
-        acks = self._backend._acks.get(delivered.channel)
+        backend = self._backend
+        acks = backend._acks.get(delivered.channel)
         if acks is not None:
             acks.delivered(_tag_of(delivered))
         if self._cancelled:
-            await _nack_quietly(self._backend, delivered)
+            await _nack_quietly(backend, delivered)
             return
-        self._buffer.put_nowait(delivered)
+        message = to_message(delivered, self.queue, backend, backend.config.max_body_size)
+        # Straight into the pool when it has room and nothing waits before this delivery
+        # (the processing runs in the pool's own task, never in aiormq's); otherwise in
+        # order through the buffer.
+        if self._buffer.empty() and self._offer is not None and self._offer(message):
+            return
+        self._buffer.put_nowait(message)
 
     async def _intake(self) -> None:
-        backend = self._backend
         while True:
-            delivered = await self._buffer.get()
+            message = await self._buffer.get()
+            delivered: DeliveredMessage = message.raw
             if delivered.channel.is_closed:
                 continue  # its channel died: the broker redelivers it
-            message = to_message(delivered, self.queue, backend, backend.config.max_body_size)
             try:
                 await self._handler(message)
             except asyncio.CancelledError:
                 if message.worker is None and not message.settled:
-                    await _nack_quietly(backend, delivered)
+                    await _nack_quietly(self._backend, delivered)
                 raise
 
     def _on_broker_cancel(self, frame: Any) -> None:
@@ -174,7 +183,7 @@ class _RabbitConsumer(Consumer):
     def _drain_buffer_quietly(self) -> list[DeliveredMessage]:
         pending = []
         while not self._buffer.empty():
-            pending.append(self._buffer.get_nowait())
+            pending.append(self._buffer.get_nowait().raw)
         return pending
 
     async def cancel(self) -> None:
