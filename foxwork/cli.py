@@ -34,6 +34,7 @@ from ._redact import RedactingFormatter, redact, redact_url
 from .backends.base import Backend
 from .backends.memory import MemoryBackend
 from .errors import BackendError, ConfigurationError
+from .heap import freeze_startup_heap
 from .pool import DEFAULT_SHUTDOWN_TIMEOUT, PoolState, WorkerPool
 
 __all__ = [
@@ -176,6 +177,15 @@ def add_run_command(subparsers: Subparsers) -> None:
         "--wait-for-broker",
         action="store_true",
         help="keep retrying the first connection instead of exiting with code 2",
+    )
+    parser.add_argument(
+        "--no-gc-freeze",
+        dest="gc_freeze",
+        action="store_false",
+        help=(
+            "do not freeze the start-up heap: by default, once the pool has started, the "
+            "objects alive then are frozen, so garbage collections skip them"
+        ),
     )
     parser.add_argument(
         "--loop",
@@ -464,6 +474,7 @@ def _run_command(args: argparse.Namespace) -> int:
             shutdown_timeout=args.shutdown_timeout,
             broker=broker,
             http=(args.http_host, args.http_port, reader) if args.http_port is not None else None,
+            freeze_heap=args.gc_freeze,
         ),
         args.loop,
     )
@@ -502,6 +513,8 @@ def _supervise(args: argparse.Namespace) -> int:
             child += [flag, str(value)]
     if args.wait_for_broker:
         child.append("--wait-for-broker")
+    if not args.gc_freeze:
+        child.append("--no-gc-freeze")
     # The URL travels in the environment: a command line is visible to every local user.
     return asyncio.run(supervise(child, args.processes, env={ENV_URL: url}))
 
@@ -566,6 +579,7 @@ async def serve(
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
     broker: str = "the broker",
     http: tuple[str, int, Any] | None = None,
+    freeze_heap: bool = False,
 ) -> int:
     """Run `pool` on `backend` until SIGINT or SIGTERM, then close the backend.
 
@@ -582,6 +596,9 @@ async def serve(
         http: (host, port, PrometheusReader or None) to serve /health, /ready and /metrics
             on while the pool runs (from before the first connect, so /health answers while
             the broker is awaited).
+        freeze_heap: once the pool has started, freeze the objects alive then, so that
+            garbage collections skip them (`foxwork.heap.freeze_startup_heap`); the
+            command line does unless `--no-gc-freeze`.
 
     Returns:
         0 after a graceful shutdown, 128 + N when a second signal N forced it.
@@ -604,6 +621,11 @@ async def serve(
             await pool.start(backend, queues=queues)
         except (BackendError, ConfigurationError) as exc:
             raise CommandLineError(f"cannot start pool {pool.name!r} on {broker}: {exc}") from exc
+        if freeze_heap:
+            logger.info(
+                "start-up heap frozen: garbage collections skip its %d objects",
+                freeze_startup_heap(),
+            )
         logger.info(
             "pool %r running on %s, consuming %s (concurrency %d, prefetch %d); stop it "
             "with Ctrl-C or SIGTERM",

@@ -324,6 +324,17 @@ def test_run_on_the_memory_backend_stops_gracefully_on_sigterm(foxwork_process: 
     assert "graceful shutdown complete" in output
     # And it said plainly that it ran in memory
     assert "running on the in-memory backend" in output
+    # and that it froze its start-up heap, once the pool had started
+    assert output.index("start-up heap frozen") < output.index("stop it with Ctrl-C")
+
+
+def test_run_leaves_the_heap_alone_when_told(foxwork_process: Any):
+    process = foxwork_process("run", "tests.cli_app:pool", "--no-gc-freeze")
+    process.wait_for_line("stop it with Ctrl-C")
+    process.send_signal(signal.SIGTERM)
+    code, output = process.finish()
+    assert code == 0, output
+    assert "heap frozen" not in output
 
 
 # -- foxwork run: the event loop ---------------------------------------------------------
@@ -368,7 +379,9 @@ def test_asking_for_uvloop_without_it_installed_is_a_clear_usage_error(
     assert "pip install" in err and err.count("\n") == 1
 
 
-def test_processes_pass_the_event_loop_on_to_each_child(monkeypatch: pytest.MonkeyPatch):
+def test_processes_pass_the_event_loop_and_the_heap_choice_on_to_each_child(
+    monkeypatch: pytest.MonkeyPatch,
+):
     # Given a supervisor that records the command line of its children
     seen: list[list[str]] = []
 
@@ -377,15 +390,26 @@ def test_processes_pass_the_event_loop_on_to_each_child(monkeypatch: pytest.Monk
         return 0
 
     monkeypatch.setattr("foxwork.supervisor.supervise", supervise)
-    # When foxwork run starts two processes on uvloop
+    # When foxwork run starts two processes on uvloop, without freezing the heap
     url = "amqp://guest:guest@127.0.0.1:1/"
     code = cli.main(
-        ["run", "tests.cli_app:pool", "--processes", "2", "--url", url, "--loop", "uvloop"]
+        [
+            "run",
+            "tests.cli_app:pool",
+            "--processes",
+            "2",
+            "--url",
+            url,
+            "--loop",
+            "uvloop",
+            "--no-gc-freeze",
+        ]
     )
-    # Then every child runs on uvloop too
+    # Then every child runs on uvloop too, and leaves its heap alone
     assert code == 0
     [child] = seen
     assert child[child.index("--loop") + 1] == "uvloop"
+    assert "--no-gc-freeze" in child
 
 
 async def test_first_signal_lets_in_flight_messages_finish_and_exits_0(

@@ -13,6 +13,7 @@ from typing import Any
 
 from foxwork import Message, Worker, WorkerPool
 from foxwork.backends import RabbitMQBackend
+from foxwork.heap import freeze_startup_heap
 
 from ._common import Stop, main
 
@@ -33,6 +34,7 @@ async def start(args: argparse.Namespace) -> Stop:
         queues=[args.queue],
     )
     await pool.start(backend)
+    freeze_startup_heap()  # as `foxwork run` does once its pool has started
 
     async def stop() -> None:
         await pool.shutdown(timeout=10)

@@ -8,6 +8,9 @@ Telemetry is recorded, not exported: tracing uses an OpenTelemetry SDK `TracerPr
 with a `BatchSpanProcessor` around an exporter that drops the spans, so every span is
 created, filled, ended and queued as in production; metrics use an SDK `MeterProvider`
 with a periodic reader (every 10 s) whose exporter drops the data.
+
+Once the pool has started, the start-up heap is frozen, as `foxwork run` does
+(`foxwork.heap.freeze_startup_heap`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 from foxwork import WorkerPool
 from foxwork.backends import RabbitMQBackend, ResilientBackend
+from foxwork.heap import freeze_startup_heap
 from foxwork.middleware import (
     AckNackMiddleware,
     CircuitBreakerMiddleware,
@@ -108,6 +112,7 @@ async def start(args: argparse.Namespace) -> Stop:
     )
     await backend.connect()
     await pool.start(backend)
+    freeze_startup_heap()  # as `foxwork run` does once its pool has started
 
     async def stop() -> None:
         await pool.shutdown(timeout=10)
