@@ -28,6 +28,8 @@ logger = logging.getLogger("foxwork.pool")
 DEFAULT_CONCURRENCY_LIMIT = 10
 #: Seconds `shutdown()` waits for in-flight messages before nacking them back.
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+#: Seconds `shutdown()` then waits for the backend to send the settlements it was handed.
+SETTLEMENT_FLUSH_TIMEOUT = 5.0
 
 
 class PoolState(enum.Enum):
@@ -441,6 +443,10 @@ class WorkerPool:
             self._cutoff.cancel()
         requeued = sum(1 for task in in_flight if task.cancelled())
         report = ShutdownReport(finished=len(in_flight) - requeued, requeued=requeued)
+        if self._backend is not None:
+            # Settlements a backend sends a moment later (coalesced acks) leave now.
+            with contextlib.suppress(Exception):
+                await self._backend.flush(SETTLEMENT_FLUSH_TIMEOUT)
         await self._finish()
         logger.info(
             "pool %r stopped: %d in-flight message(s) finished, %d nacked back to the queue",

@@ -93,6 +93,16 @@ class Backend(abc.ABC):
         """Connect. Raises `ConnectionLost` (or `ConfigurationError`) when it cannot.
         Must be idempotent."""
 
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every settlement handed over so far has gone to the broker, for at
+        most `timeout` seconds (None: no limit); False if some had not when it passed.
+
+        A backend that sends its settlements at once has nothing to wait for (the default).
+        `RabbitMQBackend` writes acks a few loop turns after `ack()`, several to a frame;
+        the pool flushes when its shutdown has drained the messages in flight.
+        """
+        return True
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Cancel consumers and close the connection. Must be idempotent."""

@@ -272,6 +272,9 @@ class ResilientBackend(Backend):
         self.consecutive_failures += 1
         self.last_error = redact(f"{type(exc).__name__}: {exc}")
 
+    async def flush(self, timeout: float | None = None) -> bool:
+        return await self.backend.flush(timeout)
+
     async def close(self) -> None:
         self._set_state(ConnectionState.CLOSED)
         for task in (self._reconnect_task, self._watchdog_task):

@@ -699,3 +699,34 @@ async def test_offer_starts_a_message_at_once_while_a_slot_is_free_and_refuses_w
     assert pool.in_flight == 1 and pool.received == 1
     worker.release.set()
     assert await asyncio.wait_for(finished.get(), SOON) == ("w", "block")
+
+
+async def test_shutdown_flushes_the_backend_once_the_messages_in_flight_are_done(
+    make_pool: PoolFactory, memory_backend: MemoryBackend, queue_name: str
+) -> None:
+    # Given a backend that sends settlements a moment later (as RabbitMQ's coalesced acks),
+    # and a pool with one message in flight
+    flushed_with_in_flight: list[int] = []
+    original_flush = memory_backend.flush
+
+    async def flush(timeout: float | None = None) -> bool:
+        flushed_with_in_flight.append(pool.in_flight)
+        return await original_flush(timeout)
+
+    memory_backend.flush = flush  # type: ignore[method-assign]
+    finished: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    worker = GateWorker("w", finished)
+    pool = make_pool(worker)
+    await memory_backend.add_message(queue_name, "block")
+    await pool.start(memory_backend)
+    await asyncio.wait_for(worker.blocked.wait(), SOON)
+
+    # When it shuts down and the message finishes meanwhile
+    stopping = asyncio.create_task(pool.shutdown(timeout=SOON))
+    await asyncio.sleep(0)
+    assert flushed_with_in_flight == []
+    worker.release.set()
+    await stopping
+
+    # Then the backend was flushed once, after the message was done
+    assert flushed_with_in_flight == [0]

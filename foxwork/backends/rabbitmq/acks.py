@@ -24,10 +24,14 @@ delivery of the channel with a tag up to and including the given one):
   for a slow message. One flush runs at a time per channel, so the frames of two flushes
   never overtake each other.
 
-`ack()` returns once its frame has been written, as a single ack did before: when the pool
-has finished a message, its ack is on the wire. A connection loss loses the acks not yet
-written, exactly as it did one by one: the broker redelivers those messages, and each
-waiting `ack()` raises.
+`ack()` hands the ack over and returns at once; the frame that carries it is written within
+`FLUSH_TURNS` turns of the loop (`MAX_ACK_DELAY` seconds), and `wait_idle()` waits until
+every ack handed over has been written, which the backend does before the pool's shutdown
+returns and before the connection closes. An AMQP ack is never confirmed by the broker, so
+waiting for the write told a caller nothing more than that the frame reached the socket;
+not waiting saves each message a future and a wake-up. A connection loss loses the acks not
+yet written, exactly as it did one by one: the broker redelivers those messages, and each
+lost ack is reported to `on_failed`.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiormq
 from aiormq.abc import AbstractChannel as RawChannel
@@ -52,12 +57,18 @@ MAX_ACK_DELAY = 0.002
 
 #: Awaits one settlement on a channel (the backend's guard against a wedged writer).
 SettleOn = Callable[[RawChannel, Awaitable[None]], Awaitable[None]]
-#: A delivery tag whose ack is waiting to be written, and the future its `ack()` awaits.
-_Waiter = tuple[int, "asyncio.Future[None]"]
+#: Told of an ack that could not be written: what the caller passed to `ack()`, and why.
+OnFailed = Callable[[Any, BaseException], None]
+#: A delivery tag whose ack is waiting to be written, and what `ack()` was given with it.
+_Pending = tuple[int, Any]
 
 
 async def _plain(channel: RawChannel, settlement: Awaitable[None]) -> None:
     await settlement
+
+
+def _log_failed(ref: Any, error: BaseException) -> None:
+    logger.info("an ack could not be written (%s: %s)", type(error).__name__, error)
 
 
 class AckCoalescer:
@@ -68,6 +79,8 @@ class AckCoalescer:
         prefetch: the channel's prefetch count (0: unlimited). When that many deliveries
             are unacked the broker sends no more, so their acks go out without waiting.
         settle_on: awaits a settlement on the channel; by default just awaits it.
+        on_failed: told of each ack that could not be written, with what `ack()` was given
+            for it; by default it is logged.
     """
 
     __slots__ = (
@@ -75,6 +88,7 @@ class AckCoalescer:
         "_coalesce",
         "_flusher",
         "_last_tag",
+        "_on_failed",
         "_pending",
         "_prefetch",
         "_settle_on",
@@ -84,17 +98,23 @@ class AckCoalescer:
     )
 
     def __init__(
-        self, channel: RawChannel, *, prefetch: int = 0, settle_on: SettleOn = _plain
+        self,
+        channel: RawChannel,
+        *,
+        prefetch: int = 0,
+        settle_on: SettleOn = _plain,
+        on_failed: OnFailed = _log_failed,
     ) -> None:
         self._channel = channel
         self._prefetch = prefetch
         self._settle_on = settle_on
+        self._on_failed = on_failed
         # Registered tags not yet finished, in ascending order (an OrderedDict: its first
         # key is found in O(1) however many keys were deleted before it).
         self._unfinished: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._last_tag = 0
         self._coalesce = True
-        self._pending: list[_Waiter] = []
+        self._pending: list[_Pending] = []
         self._flusher: asyncio.Task[None] | None = None
         #: `basic.ack` frames sent, and how many of them had `multiple` set.
         self.frames = 0
@@ -130,25 +150,22 @@ class AckCoalescer:
             self._last_tag = tag
         self._unfinished[tag] = None
 
-    async def ack(self, tag: int) -> None:
-        """Ack `tag` together with the acks of the next few loop turns; returns once the
-        frame that carries it was written. Cancelling the wait does not withdraw the ack.
+    def ack(self, tag: int, ref: Any = None) -> None:
+        """Hand over the ack of `tag`: it is written with the acks of the next few loop
+        turns. `ref` is what `on_failed` gets if it cannot be written.
 
         Raises:
-            aiormq.exceptions.ChannelInvalidStateError: the channel is closed.
-            Anything the channel raises when the frame cannot be written.
+            aiormq.exceptions.ChannelInvalidStateError: the channel is closed already.
         """
         channel = self._channel
         if channel.is_closed:
             raise aiormq.exceptions.ChannelInvalidStateError(f"{channel} closed")
         self._unfinished.pop(tag, None)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((tag, done))
+        self._pending.append((tag, ref))
         if self._flusher is None:
             # A task's first step runs in the next turn of the loop: every ack made in this
             # turn is in the batch by then.
             self._flusher = asyncio.create_task(self._flush())
-        await done
 
     async def nack(self, tag: int, *, requeue: bool) -> None:
         """Nack `tag` at once (never coalesced), then let later multiple acks cover it."""
@@ -194,8 +211,6 @@ class AckCoalescer:
         finally:
             self._flusher = None
             # Cancelled (the loop is closing): nobody is left to send the rest.
-            for _, done in self._pending:
-                done.cancel()
             self._pending = []
 
     def _window_full(self) -> bool:
@@ -203,20 +218,19 @@ class AckCoalescer:
         prefetch = self._prefetch
         return 0 < prefetch <= len(self._unfinished) + len(self._pending)
 
-    async def _send(self, covered: list[_Waiter], alone: list[_Waiter]) -> None:
+    async def _send(self, covered: list[_Pending], alone: list[_Pending]) -> None:
+        unsent = [*covered, *alone]
         try:
             if covered:
                 top = max(tag for tag, _ in covered)
                 await self._write(top, multiple=len(covered) > 1)
-                _resolve(covered, None)
+                unsent = unsent[len(covered) :]
             for item in alone:
                 await self._write(item[0], multiple=False)
-                _resolve((item,), None)
-        except BaseException as exc:
-            _resolve(covered, exc)
-            _resolve(alone, exc)
-            if not isinstance(exc, Exception):
-                raise
+                unsent = unsent[1:]
+        except Exception as exc:
+            for _, ref in unsent:
+                self._on_failed(ref, exc)
 
     async def _write(self, tag: int, *, multiple: bool) -> None:
         channel = self._channel
@@ -224,15 +238,3 @@ class AckCoalescer:
         self.frames += 1
         if multiple:
             self.multiple_frames += 1
-
-
-def _resolve(items: Iterable[_Waiter], error: BaseException | None) -> None:
-    for _, done in items:
-        if done.done():
-            continue
-        if error is None:
-            done.set_result(None)
-        elif isinstance(error, asyncio.CancelledError):
-            done.cancel()
-        else:
-            done.set_exception(error)

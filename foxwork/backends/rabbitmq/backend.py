@@ -352,14 +352,22 @@ class RabbitMQBackend(Backend):
         self._consumers.clear()
         # Acks handed over but not yet written go out before the connection closes (unless
         # the connection cannot take them: then the broker redelivers those messages).
-        deadline = asyncio.get_running_loop().time() + ACK_FLUSH_TIMEOUT
-        for acks in list(self._acks.values()):
-            await acks.wait_idle(max(0.0, deadline - asyncio.get_running_loop().time()))
+        await self.flush(ACK_FLUSH_TIMEOUT)
         self._acks.clear()
         connection, self._connection = self._connection, None
         if connection is not None and not connection.is_closed:
             with contextlib.suppress(*_TRANSPORT_ERRORS, TimeoutError):
                 await connection.close()
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every ack handed over so far has been written (or has failed)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        for acks in list(self._acks.values()):
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            if not await acks.wait_idle(left):
+                return False
+        return True
 
     def _next_consumer_tag(self, queue: str) -> str | None:
         prefix = self.config.consumer_tag
@@ -489,7 +497,21 @@ class RabbitMQBackend(Backend):
     ) -> None:
         if replacing is not None:
             self._acks.pop(replacing, None)
-        self._acks[channel] = AckCoalescer(channel, prefetch=prefetch, settle_on=_settle_on)
+        self._acks[channel] = AckCoalescer(
+            channel, prefetch=prefetch, settle_on=_settle_on, on_failed=self._ack_failed
+        )
+
+    def _ack_failed(self, message: Message[Any], exc: BaseException) -> None:
+        if isinstance(exc, _TRANSPORT_ERRORS):
+            self._settle_failed(message, "ack", exc)
+        else:
+            self.settle_failures += 1
+            logger.warning(
+                "could not ack message %s: %s: %s; the broker redelivers it",
+                message.id,
+                type(exc).__name__,
+                exc,
+            )
 
     async def _nack(self, channel: RawChannel, tag: int, *, requeue: bool) -> None:
         acks = self._acks.get(channel)
@@ -499,15 +521,15 @@ class RabbitMQBackend(Backend):
             await acks.nack(tag, requeue=requeue)
 
     async def ack_message(self, message: Message[Any]) -> None:
-        # Coalesced with the other acks of this loop turn on the channel (see `acks.py`);
-        # returns once the ack is written, as a single ack would.
+        # Handed to the channel's coalescer, written with the other acks of the next few
+        # loop turns (see `acks.py`); `flush()` and `close()` wait for it.
         channel: RawChannel = message.raw.channel
         acks = self._acks.get(channel)
         try:
             if acks is None:
                 await _settle_on(channel, channel.basic_ack(message.delivery_tag))
             else:
-                await acks.ack(message.delivery_tag)
+                acks.ack(message.delivery_tag, message)
         except _TRANSPORT_ERRORS as exc:
             self._settle_failed(message, "ack", exc)
 
