@@ -219,17 +219,17 @@ class AckCoalescer:
         return 0 < prefetch <= len(self._unfinished) + len(self._pending)
 
     async def _send(self, covered: list[_Pending], alone: list[_Pending]) -> None:
-        unsent = [*covered, *alone]
+        written = 0  # of covered + alone, in that order
         try:
             if covered:
                 top = max(tag for tag, _ in covered)
                 await self._write(top, multiple=len(covered) > 1)
-                unsent = unsent[len(covered) :]
-            for item in alone:
-                await self._write(item[0], multiple=False)
-                unsent = unsent[1:]
+                written = len(covered)
+            for tag, _ in alone:
+                await self._write(tag, multiple=False)
+                written += 1
         except Exception as exc:
-            for _, ref in unsent:
+            for _, ref in [*covered, *alone][written:]:
                 self._on_failed(ref, exc)
 
     async def _write(self, tag: int, *, multiple: bool) -> None:
