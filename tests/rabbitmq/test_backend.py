@@ -3,7 +3,9 @@ be confirmed, health."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -58,6 +60,38 @@ async def test_publishing_to_a_queue_that_does_not_exist_is_not_confirmed(
     # and the backend can publish again afterwards
     await backend.declare(queue_name)
     await backend.publish(queue_name, b"{}", MessageProperties(message_id="kept"))
+
+
+async def test_declarations_and_publishes_that_arrive_together_share_one_channel_each(
+    backend: RabbitMQBackend, probe: RabbitProbe, queue_name: str
+) -> None:
+    # Given a backend that has not declared or published anything yet
+    before = open_channels(backend)
+
+    # When its queue is declared from 5 places at once
+    await asyncio.gather(*(backend.declare(queue_name) for _ in range(5)))
+
+    # Then one topology channel was opened for them all
+    assert open_channels(backend) == before + 1
+
+    # When 30 publishes arrive at once
+    await asyncio.gather(
+        *(
+            backend.publish(queue_name, b"{}", MessageProperties(message_id=f"m-{n}"))
+            for n in range(30)
+        )
+    )
+
+    # Then they opened one channel between them, not one each (which would stay open,
+    # unused, for the life of the connection), and every message is in the queue
+    assert open_channels(backend) == before + 2
+    assert await probe.ready(queue_name) == 30
+
+
+def open_channels(backend: RabbitMQBackend) -> int:
+    """Channels open on the backend's connection, as the AMQP client counts them."""
+    connection: Any = backend._connection
+    return len(connection.transport.connection.channels)
 
 
 async def test_a_retry_copy_that_cannot_be_confirmed_leaves_the_original_in_the_queue(

@@ -264,6 +264,9 @@ class RabbitMQBackend(Backend):
         self._connection: AbstractConnection | None = None
         self._url: str | None = None
         self._publisher: RawChannel | None = None
+        # The publisher and topology channels are opened once, however many callers need
+        # them at the same moment.
+        self._channel_opening = asyncio.Lock()
         self._topology_channel: AbstractChannel | None = None
         self._consumers: list[_RabbitConsumer] = []
         #: The ack coalescer of each consumer channel (see `acks.py`).
@@ -381,10 +384,14 @@ class RabbitMQBackend(Backend):
     async def _raw_topology_channel(self) -> RawChannel:
         channel = self._topology_channel
         if channel is None or channel.is_closed:
-            connection = self._require_connection()
-            async with _mapped("opening a channel"):
-                channel = await connection.channel(publisher_confirms=False)
-            self._topology_channel = channel
+            async with self._channel_opening:
+                # Declarations that arrive together share the channel the first one opens.
+                channel = self._topology_channel
+                if channel is None or channel.is_closed:
+                    connection = self._require_connection()
+                    async with _mapped("opening a channel"):
+                        channel = await connection.channel(publisher_confirms=False)
+                    self._topology_channel = channel
         async with _mapped("opening a channel"):
             return await channel.get_underlay_channel()
 
@@ -407,15 +414,21 @@ class RabbitMQBackend(Backend):
 
     async def _raw_publisher(self) -> RawChannel:
         channel = self._publisher
-        if channel is None or channel.is_closed:
-            connection = self._require_connection()
-            async with _mapped("opening the publisher channel"):
-                pika_channel = await connection.channel(
-                    publisher_confirms=True, on_return_raises=True
-                )
-                channel = await pika_channel.get_underlay_channel()
-            self._publisher = channel
-        return channel
+        if channel is not None and not channel.is_closed:
+            return channel
+        async with self._channel_opening:
+            # Publishes that arrive together while there is no open channel share the one
+            # the first of them opens.
+            channel = self._publisher
+            if channel is None or channel.is_closed:
+                connection = self._require_connection()
+                async with _mapped("opening the publisher channel"):
+                    pika_channel = await connection.channel(
+                        publisher_confirms=True, on_return_raises=True
+                    )
+                    channel = await pika_channel.get_underlay_channel()
+                self._publisher = channel
+            return channel
 
     async def _publish(
         self, exchange: str, routing_key: str, body: bytes, properties: MessageProperties
