@@ -1,0 +1,177 @@
+"""`RabbitConsumer`: one queue's subscription, on a channel of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiormq.abc import AbstractChannel as RawChannel
+from aiormq.abc import DeliveredMessage
+
+from ...errors import BackendError
+from ...message import Message
+from ..base import Consumer, Handler, offer_of
+from ._io import TRANSPORT_ERRORS, mapped
+from .convert import to_message
+
+if TYPE_CHECKING:
+    from .backend import RabbitMQBackend
+
+__all__ = ["CONSUMER_RESTORE_DELAY", "RabbitConsumer", "nack_quietly", "tag_of"]
+
+logger = logging.getLogger("foxwork.backends.rabbitmq")
+
+#: Seconds between attempts to re-establish a consumer the broker cancelled.
+CONSUMER_RESTORE_DELAY = 1.0
+
+
+class RabbitConsumer(Consumer):
+    """One queue's subscription on its own channel (prefetch is per channel)."""
+
+    def __init__(
+        self, backend: RabbitMQBackend, queue: str, handler: Handler, prefetch: int
+    ) -> None:
+        self.queue = queue
+        self._backend = backend
+        self._handler = handler
+        self._offer = offer_of(handler)
+        self._prefetch = prefetch
+        # Deliveries the pool had no room for yet, in arrival order (`message.raw` is the
+        # delivery); `_intake` hands them over as slots free up.
+        self._buffer: asyncio.Queue[Message[Any]] = asyncio.Queue()
+        self._channel: RawChannel | None = None
+        self._tag: str | None = None
+        self._cancelled = False
+        self._intake_task: asyncio.Task[None] | None = None
+        self._restore_task: asyncio.Task[None] | None = None
+
+    @property
+    def active(self) -> bool:
+        channel = self._channel
+        return (
+            not self._cancelled
+            and channel is not None
+            and not channel.is_closed
+            and self._tag in getattr(channel, "consumers", ())
+        )
+
+    async def start(self) -> None:
+        connection = self._backend._require_connection()
+        async with mapped(f"consuming {self.queue!r}"):
+            channel = await connection.channel(publisher_confirms=False)
+            await channel.set_qos(prefetch_count=self._prefetch)
+            raw = await channel.get_underlay_channel()
+            raw.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
+            # Before consuming: the first delivery may be handled before consume() returns.
+            self._backend._start_acks(raw, self._prefetch, replacing=self._channel)
+            tag = self._backend._next_consumer_tag(self.queue)
+            ok = await raw.basic_consume(self.queue, self._on_delivery, consumer_tag=tag)
+        self._channel = raw
+        self._tag = ok.consumer_tag
+        if self._intake_task is None or self._intake_task.done():
+            self._intake_task = asyncio.create_task(
+                self._intake(), name=f"foxwork-intake-{self.queue}"
+            )
+
+    async def _on_delivery(self, delivered: DeliveredMessage) -> None:
+        # aiormq runs this in a task per delivery, started in the order the deliveries
+        # arrived, and this first step never waits: tags are registered in order.
+        backend = self._backend
+        acks = backend._acks.get(delivered.channel)
+        if acks is not None:
+            acks.delivered(tag_of(delivered))
+        if self._cancelled:
+            await nack_quietly(backend, delivered)
+            return
+        message = to_message(delivered, self.queue, backend, backend.config.max_body_size)
+        # Straight into the pool when it has room and nothing waits before this delivery
+        # (the processing runs in the pool's own task, never in aiormq's); otherwise in
+        # order through the buffer.
+        if self._buffer.empty() and self._offer is not None and self._offer(message):
+            return
+        self._buffer.put_nowait(message)
+
+    async def _intake(self) -> None:
+        while True:
+            message = await self._buffer.get()
+            delivered: DeliveredMessage = message.raw
+            if delivered.channel.is_closed:
+                continue  # its channel died: the broker redelivers it
+            try:
+                await self._handler(message)
+            except asyncio.CancelledError:
+                if message.worker is None and not message.settled:
+                    await nack_quietly(self._backend, delivered)
+                raise
+
+    def _on_broker_cancel(self, frame: Any) -> None:
+        if frame.consumer_tag != self._tag or self._cancelled:
+            return
+        logger.warning(
+            "the broker cancelled the consumer of %r (queue deleted or its node down); "
+            "re-establishing it",
+            self.queue,
+        )
+        if self._restore_task is None or self._restore_task.done():
+            self._restore_task = asyncio.create_task(self._restore())
+
+    async def _restore(self) -> None:
+        attempt = 0
+        while not self._cancelled and self._backend.is_connected:
+            attempt += 1
+            try:
+                if self._channel is not None and not self._channel.is_closed:
+                    with contextlib.suppress(*TRANSPORT_ERRORS):
+                        await self._channel.close()
+                await self._backend.declare(self.queue)
+                await self.start()
+                logger.info("consumer of %r re-established", self.queue)
+                return
+            except BackendError as exc:
+                logger.warning(
+                    "re-establishing the consumer of %r failed (attempt %d): %s",
+                    self.queue,
+                    attempt,
+                    exc,
+                )
+                await asyncio.sleep(min(CONSUMER_RESTORE_DELAY * attempt, 30.0))
+
+    async def restart(self) -> None:
+        """Subscribe again on the current connection (after a reconnect)."""
+        self._drain_buffer_quietly()
+        await self.start()
+
+    def _drain_buffer_quietly(self) -> list[DeliveredMessage]:
+        pending = []
+        while not self._buffer.empty():
+            pending.append(self._buffer.get_nowait().raw)
+        return pending
+
+    async def cancel(self) -> None:
+        if self._cancelled:
+            return
+        self._cancelled = True
+        channel, tag = self._channel, self._tag
+        if channel is not None and tag is not None and not channel.is_closed:
+            with contextlib.suppress(*TRANSPORT_ERRORS, TimeoutError):
+                await channel.basic_cancel(tag, timeout=5)
+        for task in (self._intake_task, self._restore_task):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.wait([task])
+        # Received but never handed to the pool: straight back to the queue.
+        for delivered in self._drain_buffer_quietly():
+            await nack_quietly(self._backend, delivered)
+
+
+def tag_of(delivered: DeliveredMessage) -> int:
+    delivery: Any = delivered.delivery
+    tag: int = delivery.delivery_tag
+    return tag
+
+
+async def nack_quietly(backend: RabbitMQBackend, delivered: DeliveredMessage) -> None:
+    with contextlib.suppress(*TRANSPORT_ERRORS):
+        await backend._nack(delivered.channel, tag_of(delivered), requeue=True)
