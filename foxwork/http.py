@@ -58,6 +58,7 @@ from opentelemetry.sdk.metrics.export import (
     Sum,
 )
 
+from ._checks import is_int
 from .errors import ConfigurationError
 from .pool import WorkerPool
 
@@ -155,7 +156,7 @@ class HealthServer:
                 f"HealthServer(host={host!r}): pass an interface such as '127.0.0.1' "
                 "(loopback) or '0.0.0.0' (every interface)"
             )
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        if not (is_int(port) and 0 <= port <= 65535):
             raise ConfigurationError(
                 f"HealthServer(port={port!r}): pass a port from 1 to 65535, or 0 for any free port"
             )

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
+from ._checks import is_int
 from ._slots import Slots
 from .backends.base import Backend, Consumer
 from .errors import ConfigurationError, PoolStateError
@@ -124,7 +125,7 @@ class WorkerPool:
         ids = [w.id for w in workers]
         if len(set(ids)) != len(ids):
             raise ConfigurationError(f"worker ids must be unique; got {ids}")
-        if isinstance(concurrency_limit, bool) or not isinstance(concurrency_limit, int):
+        if not is_int(concurrency_limit):
             raise ConfigurationError(
                 f"concurrency_limit={concurrency_limit!r} must be an int of at least 1"
             )

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from .. import codec
+from .._checks import is_count
 from ..errors import ConfigurationError, PoisonMessage
 from ..message import Message
 from .base import CallNext
@@ -138,7 +139,7 @@ class BatchMiddleware:
                 f"BatchMiddleware(handler={handler!r}): pass an object with "
                 "`async def process_batch(self, batch) -> BatchResult | None`"
             )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if not is_count(batch_size):
             raise ConfigurationError(
                 f"BatchMiddleware(batch_size={batch_size!r}): pass an int of at least 1"
             )

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from .._checks import is_count
 from ..errors import ConfigurationError, DeadLetter, Drop
 from ..message import Message
 from .base import CallNext
@@ -151,7 +152,7 @@ class CircuitBreakerMiddleware:
         is_failure: Callable[[BaseException], bool] = default_is_failure,
         on_state_change: StateListener | None = None,
     ) -> None:
-        if not _positive_int(failure_threshold):
+        if not is_count(failure_threshold):
             raise ConfigurationError(
                 f"CircuitBreakerMiddleware(failure_threshold={failure_threshold!r}): pass an "
                 "int of at least 1 (consecutive failures that open the circuit)"
@@ -161,7 +162,7 @@ class CircuitBreakerMiddleware:
                 f"CircuitBreakerMiddleware(recovery_timeout={recovery_timeout!r}): pass a "
                 "positive number of seconds to stay OPEN before probing"
             )
-        if not _positive_int(half_open_max_requests):
+        if not is_count(half_open_max_requests):
             raise ConfigurationError(
                 f"CircuitBreakerMiddleware(half_open_max_requests={half_open_max_requests!r}): "
                 "pass an int of at least 1 (probe messages at once while HALF_OPEN)"
@@ -383,7 +384,3 @@ class CircuitBreakerMiddleware:
 
 class _Released(Exception):
     """A held message is released because the pool is shutting down."""
-
-
-def _positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1

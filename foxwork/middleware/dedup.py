@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
+from .._checks import is_count, is_number
 from ..errors import ConfigurationError
 from ..message import Message, SettleState
 from .base import CallNext
@@ -54,7 +55,7 @@ class MemoryDedupStore:
     def __init__(
         self, *, max_size: int = DEFAULT_MAX_SIZE, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
+        if not is_count(max_size):
             raise ConfigurationError(
                 f"MemoryDedupStore(max_size={max_size!r}): pass an int of at least 1"
             )
@@ -137,7 +138,7 @@ class DeduplicationMiddleware:
                 f"DeduplicationMiddleware(store={store!r}): pass a DedupStore, an object with "
                 "`async seen(key) -> bool` and `async mark(key, ttl)`, or None for memory"
             )
-        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0:
+        if not (is_number(ttl) and ttl > 0):
             raise ConfigurationError(
                 f"DeduplicationMiddleware(ttl={ttl!r}): pass a positive number of seconds "
                 "to remember a processed message"

@@ -8,6 +8,7 @@ from typing import Any
 
 from aiolimiter import AsyncLimiter
 
+from .._checks import is_count, is_number
 from ..errors import ConfigurationError
 from ..message import Message
 from .base import CallNext
@@ -56,13 +57,13 @@ class RateLimitMiddleware:
         key: Callable[[Message[Any]], str] | None = None,
         max_keys: int = DEFAULT_MAX_KEYS,
     ) -> None:
-        if isinstance(rate, bool) or not isinstance(rate, int | float) or not rate > 0:
+        if not (is_number(rate) and rate > 0):
             raise ConfigurationError(
                 f"RateLimitMiddleware(rate={rate!r}): pass a positive number of messages per second"
             )
         if burst is None:
             burst = max(1.0, float(rate))
-        if isinstance(burst, bool) or not isinstance(burst, int | float) or not burst >= 1:
+        if not (is_number(burst) and burst >= 1):
             raise ConfigurationError(
                 f"RateLimitMiddleware(burst={burst!r}): pass a number of at least 1 (messages "
                 "that may pass at once), or None for one second's worth"
@@ -72,7 +73,7 @@ class RateLimitMiddleware:
                 f"RateLimitMiddleware(key={key!r}): pass a callable taking the message and "
                 "returning its key (str), or None for one limit over all messages"
             )
-        if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
+        if not is_count(max_keys):
             raise ConfigurationError(
                 f"RateLimitMiddleware(max_keys={max_keys!r}): pass an int of at least 1"
             )

@@ -9,6 +9,7 @@ from typing import Any
 
 from tenacity import RetryCallState, wait_exponential
 
+from .._checks import is_count
 from ..errors import ConfigurationError, DeadLetter, Drop, RetryLater
 from ..message import Message
 from .base import CallNext
@@ -77,7 +78,7 @@ class RetryMiddleware:
         jitter: float = DEFAULT_JITTER,
         max_redeliveries: int | None = DEFAULT_MAX_REDELIVERIES,
     ) -> None:
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+        if not is_count(max_attempts):
             raise ConfigurationError(
                 f"max_attempts={max_attempts!r} must be an int of at least 1 "
                 "(the total number of deliveries, the first included)"
