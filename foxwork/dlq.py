@@ -29,7 +29,12 @@ from typing import Any
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
 from aiolimiter import AsyncLimiter
 
 from . import wire
@@ -255,15 +260,19 @@ class DeadLetterQueue:
         finally:
             await channel.close()
 
-    async def _browse(
-        self, channel: AbstractChannel, limit: int | None
-    ) -> list[AbstractIncomingMessage]:
+    async def _existing_queue(self, channel: AbstractChannel) -> AbstractQueue:
+        """The dead-letter queue, looked up without creating it."""
         try:
-            queue = await channel.declare_queue(self.name, passive=True)
+            return await channel.declare_queue(self.name, passive=True)
         except aiormq.exceptions.ChannelNotFoundEntity as exc:
             raise ConfigurationError(
                 f"there is no dead-letter queue {self.name!r}: check the queue name"
             ) from exc
+
+    async def _browse(
+        self, channel: AbstractChannel, limit: int | None
+    ) -> list[AbstractIncomingMessage]:
+        queue = await self._existing_queue(channel)
         total = queue.declaration_result.message_count or 0
         wanted = total if limit is None else min(total, limit)
         fetched: list[AbstractIncomingMessage] = []
@@ -405,12 +414,7 @@ class DeadLetterQueue:
         """Delete every dead letter; returns how many there were."""
         channel = await self._channel()
         try:
-            try:
-                queue = await channel.declare_queue(self.name, passive=True)
-            except aiormq.exceptions.ChannelNotFoundEntity as exc:
-                raise ConfigurationError(
-                    f"there is no dead-letter queue {self.name!r}: check the queue name"
-                ) from exc
+            queue = await self._existing_queue(channel)
             result = await queue.purge()
             return int(result.message_count or 0)
         finally:
