@@ -15,7 +15,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -200,6 +200,29 @@ def _clear(result_path: Path) -> None:
     result_path.unlink(missing_ok=True)
 
 
+def _candidate_command(
+    module: str,
+    *,
+    url: str,
+    queue: str,
+    expected: int,
+    prefetch: int,
+    result_path: Path,
+    extra: Sequence[str],
+    timeout: float,
+) -> list[str]:
+    """`python -m benchmarks.consumers.<module> ...`, its previous result file removed."""
+    _clear(result_path)
+    return [
+        sys.executable,
+        "-m",
+        f"benchmarks.consumers.{module}",
+        *("--url", url, "--queue", queue, "--expected", str(expected)),
+        *("--prefetch", str(prefetch), "--result", str(result_path)),
+        *("--timeout", str(timeout), *extra),
+    ]
+
+
 async def run_candidate(
     module: str,
     *,
@@ -220,28 +243,20 @@ async def run_candidate(
     `profile` profiles the timed window in the process with pyinstrument; `py_spy` runs the
     process under `py-spy record` (sampling from outside, 500 Hz, on-CPU samples only) and
     writes its collapsed stacks there (see `benchmarks/hotspots.py`)."""
-    _clear(result_path)
-    command = [
-        sys.executable,
-        "-m",
-        f"benchmarks.consumers.{module}",
-        "--url",
-        url,
-        "--queue",
-        queue,
-        "--expected",
-        str(expected),
-        "--prefetch",
-        str(prefetch),
-        "--result",
-        str(result_path),
-        "--loop",
-        loop,
-        "--timeout",
-        str(timeout),
-        *(["--profile", str(profile)] if profile else []),
-        *extra,
-    ]
+    command = _candidate_command(
+        module,
+        url=url,
+        queue=queue,
+        expected=expected,
+        prefetch=prefetch,
+        result_path=result_path,
+        extra=[
+            *("--loop", loop),
+            *(["--profile", str(profile)] if profile else []),
+            *extra,
+        ],
+        timeout=timeout,
+    )
     if py_spy is not None:
         spy = Path(sys.executable).with_name("py-spy")
         command = [
@@ -266,15 +281,16 @@ async def start_candidate(
     timeout: float = 3600.0,
 ) -> asyncio.subprocess.Process:
     """Start a candidate without waiting for it (the caller samples it while it runs)."""
-    _clear(result_path)
-    command = [
-        sys.executable,
-        "-m",
-        f"benchmarks.consumers.{module}",
-        *("--url", url, "--queue", queue, "--expected", str(expected)),
-        *("--prefetch", str(prefetch), "--result", str(result_path)),
-        *("--timeout", str(timeout), *extra),
-    ]
+    command = _candidate_command(
+        module,
+        url=url,
+        queue=queue,
+        expected=expected,
+        prefetch=prefetch,
+        result_path=result_path,
+        extra=extra,
+        timeout=timeout,
+    )
     return await asyncio.create_subprocess_exec(
         *command, cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
     )
@@ -332,6 +348,25 @@ def machine() -> dict[str, Any]:
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def save(
+    name: str,
+    data: dict[str, Any],
+    path: Path | None,
+    *,
+    chart: Callable[[Path], Path] | None = None,
+) -> Path:
+    """Write the results (see `write_json`) and say where; then draw `chart` from them,
+    unless it is None (`--no-plot`) or matplotlib is missing."""
+    path = write_json(name, data, path)
+    print(f"\nresults: {path}")
+    if chart is not None:
+        try:
+            print(f"chart: {chart(path)}")
+        except ImportError as exc:
+            log(f"no chart ({exc}): pip install -e '.[bench]'")
+    return path
 
 
 def write_json(name: str, data: dict[str, Any], path: Path | None = None) -> Path:

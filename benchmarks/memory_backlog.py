@@ -174,15 +174,9 @@ def run(args: argparse.Namespace, broker: s.Broker) -> dict[str, Any]:
         ["throughput", f"{summary['msgs_per_s'] or 0:,.0f} msgs/s"],
     ]
     print(s.table(["", "value"], rows))
-    path = s.write_json("memory_backlog", data, args.output)
-    print(f"\nresults: {path}")
-    if not args.no_plot:
-        from .plot import memory_chart
+    from .plot import memory_chart
 
-        try:
-            print(f"chart: {memory_chart(path)}")
-        except ImportError as exc:
-            s.log(f"no chart ({exc}): pip install -e '.[bench]'")
+    s.save("memory_backlog", data, args.output, chart=None if args.no_plot else memory_chart)
     return data
 
 

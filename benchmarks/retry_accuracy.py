@@ -241,7 +241,7 @@ def run(args: argparse.Namespace, delays: Sequence[float], broker: s.Broker) -> 
     )
     if data["error"]:
         print(f"FAILED: {data['error']}")
-    print(f"\nresults: {s.write_json('retry_accuracy', data, args.output)}")
+    s.save("retry_accuracy", data, args.output)
     return data
 
 

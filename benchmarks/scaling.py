@@ -258,7 +258,7 @@ def run(args: argparse.Namespace, counts: Sequence[int], broker: s.Broker) -> di
             ]
         )
     print(s.table(["processes", "msgs/s", "min-max", f"x {counts[0]} process(es)"], rows))
-    print(f"\nresults: {s.write_json('scaling', data, args.output)}")
+    s.save("scaling", data, args.output)
     return data
 
 

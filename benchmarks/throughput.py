@@ -287,15 +287,9 @@ def run(args: argparse.Namespace, names: Sequence[str], broker: s.Broker) -> dic
         f"{data['meta']['rabbitmq']} on {data['meta']['machine_before']['cpus']} CPUs"
     )
     print(render(data["summary"]))
-    path = s.write_json("throughput", data, args.output)
-    print(f"\nresults: {path}")
-    if not args.no_plot:
-        from .plot import throughput_chart
+    from .plot import throughput_chart
 
-        try:
-            print(f"chart: {throughput_chart(path)}")
-        except ImportError as exc:
-            s.log(f"no chart ({exc}): pip install -e '.[bench]'")
+    s.save("throughput", data, args.output, chart=None if args.no_plot else throughput_chart)
     return data
 
 
