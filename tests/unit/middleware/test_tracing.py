@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from opentelemetry import trace
@@ -46,6 +46,42 @@ def tracer_provider(exporter: InMemorySpanExporter) -> TracerProvider:
     return provider
 
 
+class TraceOne(Protocol):
+    async def __call__(
+        self,
+        worker: Worker[Any],
+        properties: MessageProperties | None = None,
+        *,
+        expect_failures: bool = False,
+    ) -> None: ...
+
+
+@pytest.fixture
+def trace_one(
+    make_pool: PoolFactory,
+    memory_backend: MemoryBackend,
+    queue_name: str,
+    tracer_provider: TracerProvider,
+) -> TraceOne:
+    """Process one message, `{"order": 1}` with `properties`, through AckNack → Tracing →
+    `worker`, until the queue is idle."""
+
+    async def process(
+        worker: Worker[Any],
+        properties: MessageProperties | None = None,
+        *,
+        expect_failures: bool = False,
+    ) -> None:
+        pool = make_pool(
+            worker,
+            middleware=[AckNackMiddleware(), TracingMiddleware(tracer_provider=tracer_provider)],
+        )
+        await memory_backend.add_message(queue_name, {"order": 1}, properties)
+        await run_until_idle(pool, memory_backend, queue_name, expect_failures=expect_failures)
+
+    return process
+
+
 def consumer_spans(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
     return [span for span in exporter.get_finished_spans() if span.kind is SpanKind.CONSUMER]
 
@@ -67,22 +103,14 @@ def test_a_propagator_that_is_not_one_is_refused() -> None:
 
 
 async def test_a_message_with_a_traceparent_header_is_processed_in_a_child_span(
-    make_pool: PoolFactory,
-    memory_backend: MemoryBackend,
-    queue_name: str,
-    tracer_provider: TracerProvider,
     exporter: InMemorySpanExporter,
+    trace_one: TraceOne,
 ) -> None:
     # Given a message published inside a producer's trace
-    pool = make_pool(
-        RecordingWorker(),
-        middleware=[AckNackMiddleware(), TracingMiddleware(tracer_provider=tracer_provider)],
-    )
     properties = MessageProperties(headers={"traceparent": TRACEPARENT})
-    await memory_backend.add_message(queue_name, {"order": 1}, properties)
 
     # When it is processed
-    await run_until_idle(pool, memory_backend, queue_name)
+    await trace_one(RecordingWorker(), properties)
 
     # Then its span continues the producer's trace, as a child of the producer's span
     (span,) = consumer_spans(exporter)
@@ -93,22 +121,14 @@ async def test_a_message_with_a_traceparent_header_is_processed_in_a_child_span(
 
 
 async def test_a_traceparent_header_that_arrives_as_bytes_is_understood(
-    make_pool: PoolFactory,
-    memory_backend: MemoryBackend,
-    queue_name: str,
-    tracer_provider: TracerProvider,
     exporter: InMemorySpanExporter,
+    trace_one: TraceOne,
 ) -> None:
     # Given a traceparent header as AMQP may deliver it: bytes
-    pool = make_pool(
-        RecordingWorker(),
-        middleware=[AckNackMiddleware(), TracingMiddleware(tracer_provider=tracer_provider)],
-    )
     properties = MessageProperties(headers={"traceparent": TRACEPARENT.encode()})
-    await memory_backend.add_message(queue_name, {"order": 1}, properties)
 
     # When it is processed
-    await run_until_idle(pool, memory_backend, queue_name)
+    await trace_one(RecordingWorker(), properties)
 
     # Then the span still joins the producer's trace
     (span,) = consumer_spans(exporter)
@@ -116,21 +136,11 @@ async def test_a_traceparent_header_that_arrives_as_bytes_is_understood(
 
 
 async def test_a_message_without_trace_context_starts_a_new_trace(
-    make_pool: PoolFactory,
-    memory_backend: MemoryBackend,
-    queue_name: str,
-    tracer_provider: TracerProvider,
     exporter: InMemorySpanExporter,
+    trace_one: TraceOne,
 ) -> None:
-    # Given a message with no trace headers
-    pool = make_pool(
-        RecordingWorker(),
-        middleware=[AckNackMiddleware(), TracingMiddleware(tracer_provider=tracer_provider)],
-    )
-    await memory_backend.add_message(queue_name, {"order": 1})
-
-    # When it is processed
-    await run_until_idle(pool, memory_backend, queue_name)
+    # Given a message with no trace headers, when it is processed
+    await trace_one(RecordingWorker())
 
     # Then its span is a root span
     (span,) = consumer_spans(exporter)
@@ -138,23 +148,16 @@ async def test_a_message_without_trace_context_starts_a_new_trace(
 
 
 async def test_the_span_carries_the_messaging_semantic_convention_attributes(
-    make_pool: PoolFactory,
-    memory_backend: MemoryBackend,
     queue_name: str,
-    tracer_provider: TracerProvider,
     exporter: InMemorySpanExporter,
+    trace_one: TraceOne,
 ) -> None:
     # Given a message with an id and a correlation id
     worker = RecordingWorker("orders-1")
-    pool = make_pool(
-        worker,
-        middleware=[AckNackMiddleware(), TracingMiddleware(tracer_provider=tracer_provider)],
-    )
     properties = MessageProperties(message_id="m-42", correlation_id="conv-7")
-    await memory_backend.add_message(queue_name, {"order": 1}, properties)
 
     # When it is processed
-    await run_until_idle(pool, memory_backend, queue_name)
+    await trace_one(worker, properties)
 
     # Then the span describes a RabbitMQ process operation on that queue
     (span,) = consumer_spans(exporter)
@@ -178,21 +181,11 @@ async def test_the_span_carries_the_messaging_semantic_convention_attributes(
 
 
 async def test_a_failure_is_recorded_on_the_span_with_status_error(
-    make_pool: PoolFactory,
-    memory_backend: MemoryBackend,
-    queue_name: str,
-    tracer_provider: TracerProvider,
     exporter: InMemorySpanExporter,
+    trace_one: TraceOne,
 ) -> None:
-    # Given a worker that fails
-    pool = make_pool(
-        FailingWorker(Boom("inventory service down")),
-        middleware=[AckNackMiddleware(), TracingMiddleware(tracer_provider=tracer_provider)],
-    )
-    await memory_backend.add_message(queue_name, {"order": 1})
-
-    # When the message is processed
-    await run_until_idle(pool, memory_backend, queue_name, expect_failures=True)
+    # Given a worker that fails, when the message is processed
+    await trace_one(FailingWorker(Boom("inventory service down")), expect_failures=True)
 
     # Then the span records the exception and ends in ERROR
     (span,) = consumer_spans(exporter)
@@ -205,21 +198,11 @@ async def test_a_failure_is_recorded_on_the_span_with_status_error(
 
 
 async def test_a_dropped_message_does_not_mark_the_span_as_an_error(
-    make_pool: PoolFactory,
-    memory_backend: MemoryBackend,
-    queue_name: str,
-    tracer_provider: TracerProvider,
     exporter: InMemorySpanExporter,
+    trace_one: TraceOne,
 ) -> None:
-    # Given a worker that drops the message
-    pool = make_pool(
-        FailingWorker(Drop("stale order")),
-        middleware=[AckNackMiddleware(), TracingMiddleware(tracer_provider=tracer_provider)],
-    )
-    await memory_backend.add_message(queue_name, {"order": 1})
-
-    # When it is processed
-    await run_until_idle(pool, memory_backend, queue_name, expect_failures=True)
+    # Given a worker that drops the message, when it is processed
+    await trace_one(FailingWorker(Drop("stale order")), expect_failures=True)
 
     # Then the span is not an error, and says why the message was dropped
     (span,) = consumer_spans(exporter)
@@ -230,11 +213,9 @@ async def test_a_dropped_message_does_not_mark_the_span_as_an_error(
 
 
 async def test_the_span_is_current_while_the_worker_runs(
-    make_pool: PoolFactory,
-    memory_backend: MemoryBackend,
-    queue_name: str,
     tracer_provider: TracerProvider,
     exporter: InMemorySpanExporter,
+    trace_one: TraceOne,
 ) -> None:
     # Given a worker that opens its own span
     tracer = tracer_provider.get_tracer("the worker")
@@ -244,14 +225,8 @@ async def test_the_span_is_current_while_the_worker_runs(
             with tracer.start_as_current_span("reserve stock"):
                 pass
 
-    pool = make_pool(
-        SpanningWorker(),
-        middleware=[AckNackMiddleware(), TracingMiddleware(tracer_provider=tracer_provider)],
-    )
-    await memory_backend.add_message(queue_name, {"order": 1})
-
     # When the message is processed
-    await run_until_idle(pool, memory_backend, queue_name)
+    await trace_one(SpanningWorker())
 
     # Then the worker's span is a child of the message's span
     (consumer,) = consumer_spans(exporter)
@@ -412,12 +387,9 @@ def log_records() -> Any:
 
 
 async def test_log_records_emitted_while_processing_carry_the_message_id_attempt_and_trace_id(
-    make_pool: PoolFactory,
-    memory_backend: MemoryBackend,
-    queue_name: str,
-    tracer_provider: TracerProvider,
     exporter: InMemorySpanExporter,
     log_records: list[logging.LogRecord],
+    trace_one: TraceOne,
 ) -> None:
     # Given a worker that logs, behind tracing
     class LoggingWorker(Worker[Any]):
@@ -425,15 +397,10 @@ async def test_log_records_emitted_while_processing_carry_the_message_id_attempt
             assert current_message() is message
             logging.getLogger("tests.orders").info("reserving stock")
 
-    pool = make_pool(
-        LoggingWorker(),
-        middleware=[AckNackMiddleware(), TracingMiddleware(tracer_provider=tracer_provider)],
-    )
     properties = MessageProperties(message_id="m-1", headers={"traceparent": TRACEPARENT})
-    await memory_backend.add_message(queue_name, {"order": 1}, properties)
 
     # When it processes a message
-    await run_until_idle(pool, memory_backend, queue_name)
+    await trace_one(LoggingWorker(), properties)
 
     # Then the record names the message, its attempt and the trace, ready for a format string
     (record,) = log_records
