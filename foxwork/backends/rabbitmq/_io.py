@@ -45,6 +45,10 @@ async def settle_on(channel: RawChannel, settlement: Awaitable[None]) -> None:
     made in that moment can wait for room in the full queue forever, and with it the pool's
     slot (SIGKILL of a node, or a TCP reset while the writer is busy). While the queue has
     room (the usual case) the settlement is awaited as it is, at no extra cost.
+
+    `channel.closing` is an observer of its own from aiormq 7.2.4 on, so cancelling it
+    afterwards leaves the channel alone; in older aiormq it is the channel's closing future
+    and the cancel would mark a live channel closed (pyproject.toml admits no such version).
     """
     if not channel.connection.write_queue.full():
         await settlement
