@@ -40,7 +40,14 @@ class _Child:
         self.delay = RESTART_INITIAL_DELAY
         self.restarts = 0
 
-    async def start(self) -> None:
+    async def start(self, stop_signals: list[int]) -> None:
+        """Start the process, unless a stop was requested (`stop_signals` is not empty).
+
+        A stop requested while the process is being created cannot reach it through the
+        signal handler (there is no process to signal yet): it is sent here, at once.
+        """
+        if stop_signals:
+            return
         env = dict(
             os.environ,
             **self.env,
@@ -55,6 +62,8 @@ class _Child:
         )
         self.started = time.monotonic()
         logger.info("worker process %d started (pid %d)", self.index, self.process.pid)
+        if stop_signals:
+            self.signal(stop_signals[-1])
 
     def signal(self, signum: int) -> None:
         if self.process is not None and self.process.returncode is None:
@@ -96,7 +105,7 @@ async def supervise(
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         for child in children:
-            await child.start()
+            await child.start(signals_seen)
         results = await asyncio.gather(
             *(_keep_alive(child, stopping, signals_seen) for child in children)
         )
@@ -114,7 +123,8 @@ async def supervise(
 
 async def _keep_alive(child: _Child, stopping: asyncio.Event, signals_seen: list[int]) -> int:
     while True:
-        assert child.process is not None
+        if child.process is None:
+            return 0  # the stop came before it was ever started
         code = await child.process.wait()
         if stopping.is_set():
             if code < 0 and -code in signals_seen:
@@ -147,4 +157,4 @@ async def _keep_alive(child: _Child, stopping: asyncio.Event, signals_seen: list
             pass
         child.delay = min(child.delay * 2, RESTART_MAX_DELAY)
         child.restarts += 1
-        await child.start()
+        await child.start(signals_seen)

@@ -19,7 +19,16 @@ from typing import Any
 
 import pytest
 
-from foxwork import Message, MessageProperties, SettleState, Worker, WorkerPool, _demo, cli
+from foxwork import (
+    Message,
+    MessageProperties,
+    SettleState,
+    Worker,
+    WorkerPool,
+    _demo,
+    cli,
+    supervisor,
+)
 from foxwork.backends import MemoryBackend, ReconnectStrategy, ResilientBackend
 from foxwork.codec import JSON
 from foxwork.errors import ConnectionLost
@@ -410,6 +419,41 @@ def test_processes_pass_the_event_loop_and_the_heap_choice_on_to_each_child(
     [child] = seen
     assert child[child.index("--loop") + 1] == "uvloop"
     assert "--no-gc-freeze" in child
+
+
+async def test_a_stop_request_while_worker_processes_start_stops_every_one(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    # Given a supervisor of three worker processes (each a `foxwork run` on the in-memory
+    # backend, which runs until it is signalled), whose start-up is interleaved so that the
+    # SIGTERM arrives while the second one is being created
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv(cli.ENV_URL, raising=False)
+    created: list[asyncio.subprocess.Process] = []
+    real_start = supervisor._Child.start
+
+    async def start(child: supervisor._Child, stop_signals: list[int]) -> None:
+        if child.index == 1 and created:
+            os.kill(os.getpid(), signal.SIGTERM)
+            # The supervisor forwarded it to the one child it had: that child is gone.
+            await created[0].wait()
+        await real_start(child, stop_signals)
+        if child.process is not None and child.process not in created:
+            created.append(child.process)
+
+    monkeypatch.setattr(supervisor._Child, "start", start)
+    try:
+        # When it runs
+        async with asyncio.timeout(PROCESS_TIMEOUT):
+            code = await supervisor.supervise(["run", "tests.cli_app:pool"], 3)
+    finally:
+        leftover = [process for process in created if process.returncode is None]
+        for process in leftover:
+            process.kill()
+            await process.wait()
+    # Then it returns 0, and no worker process, whenever started, outlives it
+    assert code == 0
+    assert created and not leftover
 
 
 async def test_first_signal_lets_in_flight_messages_finish_and_exits_0(
