@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 
 __all__ = ["Slots"]
 
@@ -48,7 +49,10 @@ class Slots:
                 # The slot was handed over in the same instant: pass it on.
                 self.give_back()
             else:
-                self._waiters.remove(waiter)
+                # Still in line, unless a give_back() in the same loop turn already took
+                # it out (and skipped it, as it was cancelled).
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
             raise
 
     def give_back(self) -> None:

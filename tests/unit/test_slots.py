@@ -95,3 +95,24 @@ async def test_a_waiter_cancelled_just_after_being_handed_a_slot_passes_it_on() 
     assert slots.free == 0
     slots.give_back()
     assert slots.free == 1
+
+
+async def test_a_waiter_cancelled_in_the_turn_its_slot_is_given_back_is_cancelled_cleanly() -> None:
+    # Given one slot, held, and a caller waiting for it
+    slots = Slots(1)
+    assert slots.try_take()
+    waiting = asyncio.create_task(slots.take())
+    await let_tasks_run()
+
+    # When the caller is cancelled and the slot given back in the same loop turn (a
+    # shutdown cancelling the intake while a message finishes)
+    waiting.cancel()
+    slots.give_back()
+
+    # Then the caller sees its cancellation (on which it cleans up), not an error of Slots
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    # and the slot is free, once
+    assert slots.free == 1
+    assert slots.try_take()
+    assert not slots.try_take()
