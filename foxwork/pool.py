@@ -153,7 +153,7 @@ class WorkerPool:
         self.prefetch = prefetch or concurrency_limit
         self.on_unsettled_failure = on_unsettled_failure
         # Folded once: the per-message cost is one await per layer.
-        self._chain: CallNext = build_chain(self.middleware, self._endpoint)
+        self._chain: CallNext = build_chain(self.middleware, self._endpoint, pool=self)
         self._stats = [_WorkerStats() for _ in self.workers]
         self._in_flight_counts = [0] * len(self.workers)
         self._pick = make_picker(strategy, self._in_flight_counts)
@@ -274,7 +274,7 @@ class WorkerPool:
         try:
             for worker in self.workers:
                 await worker.startup()
-            await startup_all(self.middleware)
+            await startup_all(self.middleware, pool=self)
             if not backend.is_connected:
                 await backend.connect()
             for name in names:
@@ -436,7 +436,7 @@ class WorkerPool:
             with contextlib.suppress(Exception):
                 await consumer.cancel()
         # Layers that park messages (batching) flush now that nothing new arrives.
-        await shutdown_all(self.middleware)
+        await shutdown_all(self.middleware, pool=self)
         self._cut_off_after(timeout)
         if in_flight:
             await asyncio.wait(in_flight)

@@ -30,6 +30,7 @@ PACKAGES = ("foxwork", "foxwork.middleware", "foxwork.backends")
 MODULE_ONLY = {
     "foxwork.message.Settler": "what a backend implements to settle deliveries",
     "foxwork.middleware.base.build_chain": "folds a middleware list; the pool calls it",
+    "foxwork.middleware.base.current_pool": "tells a layer shared by pools which one it serves",
     "foxwork.middleware.ack.settle_failure": "the pool's last-resort settlement",
     "foxwork.middleware.circuit_breaker.holds_failed_probe": "shared with RetryMiddleware",
     "foxwork.backends.base.copy_properties": "properties of a republished copy, for backends",

@@ -9,20 +9,80 @@ OpenTelemetry context) flow through it in both directions.
 A middleware settles a message only through `Message` (which settles once) and, when it
 settles a failed message, still re-raises the failure so that outer layers (circuit
 breaker, metrics, tracing) see it.
+
+One layer instance may serve several pools (a breaker guarding one dependency for all of
+them). Its `startup()` and `shutdown()` hooks then run once per pool, and `current_pool()`
+tells a hook, or the layer handling a message, which pool it runs for: a layer that holds
+messages releases only the stopping pool's messages, never another's.
 """
 
 from __future__ import annotations
 
+import contextvars
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from ..errors import ConfigurationError
 from ..message import Message
 
-__all__ = ["CallNext", "Middleware", "build_chain"]
+__all__ = ["CallNext", "Middleware", "build_chain", "current_pool"]
 
 #: The rest of the chain, as seen from one layer.
 CallNext = Callable[[Message[Any]], Awaitable[None]]
+
+# The pool whose chain or lifecycle hook runs in this task. A context variable, because a
+# message's whole chain runs in its own task (set once at the chain's entry).
+_pool: contextvars.ContextVar[object | None] = contextvars.ContextVar("foxwork_pool", default=None)
+
+
+def current_pool() -> object | None:
+    """The pool whose chain, `startup()` or `shutdown()` runs in the current task, or None
+    outside a pool (a layer called directly). Layers shared by several pools use it to keep
+    per-pool state apart."""
+    return _pool.get()
+
+
+class _Direct:
+    """Stands for "no pool" (a layer called directly) where a weak reference is needed."""
+
+
+_DIRECT = _Direct()
+
+
+def pool_key() -> object:
+    """`current_pool()`, or a stand-in when there is none: a key for per-pool state."""
+    pool = _pool.get()
+    return _DIRECT if pool is None else pool
+
+
+class StoppedPools:
+    """Which of the pools sharing a layer have stopped intake, for layers that hold
+    messages (a circuit breaker, a rate limiter): a stopping pool's messages must not be
+    held any more, while the other pools' messages are held as before.
+
+    Call `started()` from the layer's `startup()` and `stopped()` from its `shutdown()`.
+    Pools are held weakly: a stopped pool is forgotten once it is gone.
+    """
+
+    __slots__ = ("_stopped",)
+
+    def __init__(self) -> None:
+        self._stopped: weakref.WeakSet[object] = weakref.WeakSet()
+
+    def started(self) -> None:
+        """The current pool starts (again, for a layer called directly)."""
+        self._stopped.discard(pool_key())
+
+    def stopped(self) -> object:
+        """The current pool stopped intake; returns its key (see `pool_key()`)."""
+        key = pool_key()
+        self._stopped.add(key)
+        return key
+
+    def stopping(self) -> bool:
+        """True when the current pool stopped intake."""
+        return pool_key() in self._stopped
 
 
 @runtime_checkable
@@ -44,13 +104,28 @@ def check_middleware(middleware: Sequence[object]) -> None:
             )
 
 
-def build_chain(middleware: Sequence[Middleware], endpoint: CallNext) -> CallNext:
-    """Fold `middleware` (outermost first) around `endpoint` into one callable."""
+def build_chain(
+    middleware: Sequence[Middleware], endpoint: CallNext, *, pool: object | None = None
+) -> CallNext:
+    """Fold `middleware` (outermost first) around `endpoint` into one callable; with
+    `pool`, the chain runs with `current_pool()` returning it."""
     check_middleware(middleware)
     chain = endpoint
     for layer in reversed(middleware):
         chain = _bind(layer, chain)
+    if pool is not None and middleware:
+        chain = _enter(pool, chain)
     return chain
+
+
+def _enter(pool: object, chain: CallNext) -> CallNext:
+    # Called in the message's own task: the value holds for the whole chain.
+    def call(message: Message[Any]) -> Awaitable[None]:
+        _pool.set(pool)
+        return chain(message)
+
+    call.__qualname__ = chain.__qualname__
+    return call
 
 
 def _bind(layer: Middleware, call_next: CallNext) -> CallNext:
@@ -62,17 +137,25 @@ def _bind(layer: Middleware, call_next: CallNext) -> CallNext:
     return call
 
 
-async def startup_all(middleware: Sequence[object]) -> None:
-    """Run each layer's optional `startup()` hook, outermost first."""
-    for layer in middleware:
-        hook: Any = getattr(layer, "startup", None)
-        if hook is not None:
-            await hook()
+async def startup_all(middleware: Sequence[object], *, pool: object | None = None) -> None:
+    """Run each layer's optional `startup()` hook, outermost first, for `pool`."""
+    token = _pool.set(pool)
+    try:
+        for layer in middleware:
+            hook: Any = getattr(layer, "startup", None)
+            if hook is not None:
+                await hook()
+    finally:
+        _pool.reset(token)
 
 
-async def shutdown_all(middleware: Sequence[object]) -> None:
-    """Run each layer's optional `shutdown()` hook, innermost first."""
-    for layer in reversed(middleware):
-        hook: Any = getattr(layer, "shutdown", None)
-        if hook is not None:
-            await hook()
+async def shutdown_all(middleware: Sequence[object], *, pool: object | None = None) -> None:
+    """Run each layer's optional `shutdown()` hook, innermost first, for `pool`."""
+    token = _pool.set(pool)
+    try:
+        for layer in reversed(middleware):
+            hook: Any = getattr(layer, "shutdown", None)
+            if hook is not None:
+                await hook()
+    finally:
+        _pool.reset(token)

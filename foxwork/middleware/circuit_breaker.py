@@ -11,10 +11,10 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .._checks import is_count
+from .._checks import is_count, is_number
 from ..errors import ConfigurationError, DeadLetter, Drop
 from ..message import Message
-from .base import CallNext
+from .base import CallNext, StoppedPools, pool_key
 
 __all__ = [
     "CircuitBreakerMiddleware",
@@ -32,6 +32,9 @@ DEFAULT_FAILURE_THRESHOLD = 5
 DEFAULT_RECOVERY_TIMEOUT = 30.0
 #: Probe messages processed at once while HALF_OPEN.
 DEFAULT_HALF_OPEN_MAX_REQUESTS = 1
+#: Seconds a message is held at most before it goes back to its queue: well below
+#: RabbitMQ's default consumer ack timeout (`consumer_timeout`, 30 minutes).
+DEFAULT_MAX_HOLD = 25 * 60.0
 #: State transitions kept in `CircuitBreakerMiddleware.transitions`.
 TRANSITION_HISTORY = 100
 
@@ -105,8 +108,17 @@ class CircuitBreakerMiddleware:
     slot is held the pool takes no more deliveries and the broker keeps the rest (prefetch
     backpressure). An open circuit therefore never burns messages into the DLQ and never
     spins on redelivery. When the circuit half-opens, held messages become probes in
-    arrival order. When the pool shuts down, held messages are nacked back to their queue
-    at once (intake has stopped; nothing waits for the shutdown deadline).
+    arrival order. When the pool shuts down, its held messages are nacked back to their
+    queue at once (intake has stopped; nothing waits for the shutdown deadline).
+
+    **A message is held for at most `max_hold` seconds**, then nacked back to its queue
+    (no retry attempt used, never dead-lettered) and its slot freed; the broker delivers
+    it again, and it is held again if the circuit is still open. An unsettled delivery
+    kept longer than the broker's consumer ack timeout (RabbitMQ's `consumer_timeout`, 30
+    minutes by default) makes the broker close the channel and redeliver it, so the held
+    copy would be a stale duplicate: keep `max_hold` below that timeout. Each hand-back is
+    one redelivery, which a quorum queue counts towards its `delivery_limit`; a message
+    that does reach the worker later is processed once.
 
     **A failed probe is held again**, not settled and not re-raised: it reopens the circuit,
     is logged, and waits behind the other held messages for the next HALF_OPEN. So it
@@ -123,7 +135,8 @@ class CircuitBreakerMiddleware:
 
     Shared state (on purpose, one breaker per dependency): `state`, `failure_count`,
     `transitions` and the held messages. Share an instance between pools to protect one
-    dependency, use one instance per pool otherwise.
+    dependency, use one instance per pool otherwise. The lifecycle is per pool: one pool's
+    shutdown hands back that pool's held messages only; the other pools' stay held.
 
     Args:
         failure_threshold: consecutive failures in CLOSED that open the circuit.
@@ -133,6 +146,8 @@ class CircuitBreakerMiddleware:
             everything but `Drop` and `DeadLetter`.
         on_state_change: called with (old, new) on every transition; more can be added
             with `add_listener()`.
+        max_hold: seconds a message is held at most before it goes back to its queue;
+            keep it below the broker's consumer ack timeout.
 
     Example:
         breaker = CircuitBreakerMiddleware(failure_threshold=5, recovery_timeout=30.0)
@@ -151,6 +166,7 @@ class CircuitBreakerMiddleware:
         half_open_max_requests: int = DEFAULT_HALF_OPEN_MAX_REQUESTS,
         is_failure: Callable[[BaseException], bool] = default_is_failure,
         on_state_change: StateListener | None = None,
+        max_hold: float = DEFAULT_MAX_HOLD,
     ) -> None:
         if not is_count(failure_threshold):
             raise ConfigurationError(
@@ -177,10 +193,16 @@ class CircuitBreakerMiddleware:
                 f"CircuitBreakerMiddleware(on_state_change={on_state_change!r}): pass a "
                 "callable taking (old_state, new_state), or None"
             )
+        if not (is_number(max_hold) and max_hold > 0):
+            raise ConfigurationError(
+                f"CircuitBreakerMiddleware(max_hold={max_hold!r}): pass a positive number of "
+                "seconds, below the broker's consumer ack timeout (RabbitMQ: 30 minutes)"
+            )
         self.failure_threshold = failure_threshold
         self.recovery_timeout = float(recovery_timeout)
         self.half_open_max_requests = half_open_max_requests
         self.is_failure = is_failure
+        self.max_hold = float(max_hold)
         self._listeners: list[StateListener] = []
         if on_state_change is not None:
             self._listeners.append(on_state_change)
@@ -195,10 +217,10 @@ class CircuitBreakerMiddleware:
         self._generation = 0
         self._probes = 0
         # Held messages, oldest first; each future receives its admission.
-        self._waiters: collections.deque[asyncio.Future[tuple[bool, int]]] = collections.deque()
+        self._waiters: collections.deque[_Held] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
-        # True once the pool stopped intake: nothing may be held any more.
-        self._stopping = False
+        # Pools that stopped intake: their messages may not be held any more.
+        self._stopped = StoppedPools()
 
     def __repr__(self) -> str:
         return (
@@ -222,7 +244,7 @@ class CircuitBreakerMiddleware:
     @property
     def held(self) -> int:
         """Messages waiting in this layer for the circuit to let them through."""
-        return sum(not waiter.done() for waiter in self._waiters)
+        return sum(not held.future.done() for held in self._waiters)
 
     def add_listener(self, listener: StateListener) -> None:
         """Call `listener(old, new)` on every change of state (for example to update a
@@ -241,24 +263,31 @@ class CircuitBreakerMiddleware:
     # -- the layer -------------------------------------------------------------------
 
     async def startup(self) -> None:
-        self._stopping = False
+        self._stopped.started()
 
     async def shutdown(self) -> None:
-        """The pool stopped intake: held messages go back to their queues now, instead of
-        waiting for the shutdown deadline (a nack, not a retry: no attempt is used up)."""
-        self._stopping = True
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(_Released())
+        """A pool stopped intake: its held messages go back to their queues now, instead of
+        waiting for the shutdown deadline (a nack, not a retry: no attempt is used up).
+        Messages held for other pools sharing this breaker stay held."""
+        pool = self._stopped.stopped()
+        for held in [held for held in self._waiters if held.pool is pool]:
+            self._release(held, "the pool is shutting down")
 
     async def __call__(self, message: Message[Any], call_next: CallNext) -> None:
+        # When this delivery goes back to its queue rather than being held on: `max_hold`
+        # after it first met a circuit that was not CLOSED (the broker's ack timeout runs
+        # per delivery, across every hold and failed probe).
+        deadline: float | None = None
         while True:
+            if deadline is None and self._state is not CircuitState.CLOSED:
+                deadline = asyncio.get_running_loop().time() + self.max_hold
             try:
-                probe, generation = await self._admit()
-            except _Released:
+                probe, generation = await self._admit(deadline)
+            except _Released as released:
                 logger.info(
-                    "message %s held by the open circuit goes back to its queue", message.id
+                    "message %s held by the open circuit goes back to its queue (%s)",
+                    message.id,
+                    released,
                 )
                 await message.nack(requeue=True)
                 return
@@ -287,14 +316,19 @@ class CircuitBreakerMiddleware:
             finally:
                 _probing.reset(token)
 
-    async def _admit(self) -> tuple[bool, int]:
+    async def _admit(self, deadline: float | None) -> tuple[bool, int]:
         """Wait until this message may run. Returns whether it runs as a HALF_OPEN probe,
-        and the generation it was admitted in."""
+        and the generation it was admitted in.
+
+        Raises:
+            _Released: the message goes back to its queue instead (its pool is stopping,
+                or it would be held past `deadline`).
+        """
         state = self._state
         if state is CircuitState.CLOSED:
             return False, self._generation
-        if self._stopping:
-            raise _Released
+        if self._stopped.stopping():
+            raise _Released("the pool is shutting down")
         if (
             state is CircuitState.HALF_OPEN
             and not self._waiters
@@ -303,32 +337,48 @@ class CircuitBreakerMiddleware:
             self._probes += 1
             return True, self._generation
         # OPEN, or HALF_OPEN with every probe slot taken: hold the message, in arrival
-        # order. `_wake()` hands it its admission. A cancellation here (shutdown)
-        # propagates; the pool nacks the message back to its queue.
-        waiter: asyncio.Future[tuple[bool, int]] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        # order. `_wake()` hands it its admission, `_release()` sends it back. A
+        # cancellation here (shutdown deadline) propagates; the pool nacks the message.
+        loop = asyncio.get_running_loop()
+        expired = f"held for max_hold={self.max_hold:g}s"
+        if deadline is None:
+            deadline = loop.time() + self.max_hold
+        elif deadline <= loop.time():
+            raise _Released(expired)
+        held = _Held(loop.create_future(), pool_key())
+        self._waiters.append(held)
+        timer = loop.call_at(deadline, self._release, held, expired)
         try:
-            return await waiter
+            return await held.future
         except asyncio.CancelledError:
+            waiter = held.future
             if not waiter.done():
-                self._waiters.remove(waiter)
-            elif not waiter.cancelled():
+                self._waiters.remove(held)
+            elif not waiter.cancelled() and waiter.exception() is None:
                 # Admitted and cancelled in the same instant: give the probe slot back.
                 probe, generation = waiter.result()
                 self._record(generation, probe=probe, failure=None)
             raise
+        finally:
+            timer.cancel()
+
+    def _release(self, held: _Held, why: str) -> None:
+        """Send a held message back to its queue (its `_admit` raises `_Released`)."""
+        if not held.future.done():
+            self._waiters.remove(held)
+            held.future.set_exception(_Released(why))
 
     def _wake(self) -> None:
         """Admit held messages as far as the current state allows, oldest first."""
         waiters = self._waiters
         if self._state is CircuitState.CLOSED:
             while waiters:
-                waiter = waiters.popleft()
+                waiter = waiters.popleft().future
                 if not waiter.done():
                     waiter.set_result((False, self._generation))
         elif self._state is CircuitState.HALF_OPEN:
             while waiters and self._probes < self.half_open_max_requests:
-                waiter = waiters.popleft()
+                waiter = waiters.popleft().future
                 if not waiter.done():
                     self._probes += 1
                     waiter.set_result((True, self._generation))
@@ -382,5 +432,16 @@ class CircuitBreakerMiddleware:
             self._transition(CircuitState.HALF_OPEN)
 
 
+class _Held:
+    """One held message: the future that receives its admission, and its pool's key."""
+
+    __slots__ = ("future", "pool")
+
+    def __init__(self, future: asyncio.Future[tuple[bool, int]], pool: object) -> None:
+        self.future = future
+        self.pool = pool
+
+
 class _Released(Exception):
-    """A held message is released because the pool is shutting down."""
+    """A held message goes back to its queue: its pool is shutting down, or it was held
+    for `max_hold` seconds."""

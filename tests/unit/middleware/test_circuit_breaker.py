@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +14,7 @@ from foxwork import (
     DeadLetter,
     Drop,
     Message,
+    MessageProperties,
     PoisonMessage,
     SettleState,
     Worker,
@@ -83,6 +85,9 @@ class Gate:
         ("half_open_max_requests", 0),
         ("is_failure", "yes"),
         ("on_state_change", 42),
+        ("max_hold", 0),
+        ("max_hold", -1.0),
+        ("max_hold", "25m"),
     ],
 )
 def test_an_invalid_argument_is_refused_naming_it_and_its_value(
@@ -527,3 +532,182 @@ def test_the_repr_shows_the_configuration() -> None:
         "CircuitBreakerMiddleware(failure_threshold=5, recovery_timeout=30.0, "
         "half_open_max_requests=1)"
     )
+
+
+# -- shared by two pools -------------------------------------------------------------------
+
+
+class Dependency:
+    """A dependency shared by several workers: down until `up()`."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.calls = 0
+
+    def up(self) -> None:
+        self.down = False
+
+
+class DependentWorker(Worker[Any]):
+    """Calls the shared dependency; records the payloads it processed."""
+
+    def __init__(self, dependency: Dependency) -> None:
+        super().__init__()
+        self.dependency = dependency
+        self.done: list[Any] = []
+
+    async def process(self, message: Message[Any]) -> None:
+        self.dependency.calls += 1
+        if self.dependency.down:
+            raise Unavailable("dependency down")
+        self.done.append(message.payload)
+
+
+class DeliveryCounter:
+    """A middleware counting the deliveries that enter the chain."""
+
+    def __init__(self) -> None:
+        self.deliveries = 0
+
+    async def __call__(self, message: Message[Any], call_next: Any) -> None:
+        self.deliveries += 1
+        await call_next(message)
+
+
+async def test_one_pool_shutting_down_leaves_the_other_pools_held_messages_held(
+    make_pool: PoolFactory, memory_backend: MemoryBackend, queue_name: str
+) -> None:
+    # Given a breaker shared by two pools on two queues, opened by pool A, with messages of
+    # both pools held
+    dependency = Dependency()
+    breaker = CircuitBreakerMiddleware(failure_threshold=1, recovery_timeout=0.02)
+    queue_a, queue_b = f"{queue_name}-a", f"{queue_name}-b"
+    counter_b = DeliveryCounter()
+    worker_b = DependentWorker(dependency)
+    pool_a = make_pool(
+        DependentWorker(dependency),
+        middleware=[AckNackMiddleware(), breaker],
+        concurrency_limit=2,
+        queues=[queue_a],
+        name="a",
+    )
+    pool_b = make_pool(
+        worker_b,
+        middleware=[AckNackMiddleware(), counter_b, breaker],
+        concurrency_limit=2,
+        queues=[queue_b],
+        name="b",
+    )
+    for n in range(3):
+        await memory_backend.add_message(queue_a, {"pool": "a", "n": n})
+    for n in range(4):
+        await memory_backend.add_message(queue_b, {"pool": "b", "n": n})
+    await pool_a.start(memory_backend)
+    await eventually(lambda: breaker.state is OPEN and breaker.held == 2)
+    await pool_b.start(memory_backend)
+    await eventually(lambda: counter_b.deliveries == 2)
+
+    # When pool A shuts down (its held message goes back to its queue at once)
+    report = await asyncio.wait_for(pool_a.shutdown(timeout=3600), timeout=WAIT)
+    assert report.requeued == 0
+    assert len(memory_backend.messages(queue_a)) == 2
+
+    # and, a few probes later, the dependency recovers
+    calls_at_shutdown = dependency.calls
+    with contextlib.suppress(TimeoutError):
+        await eventually(lambda: dependency.calls >= calls_at_shutdown + 2, timeout=2)
+    dependency.up()
+    with contextlib.suppress(TimeoutError):
+        await memory_backend.join(queue_b, timeout=2)
+
+    # Then pool B's messages were each delivered once (held, never nacked back in a loop),
+    # none was dead-lettered, and every one was processed once the circuit closed
+    assert counter_b.deliveries == 4
+    assert memory_backend.dead_letters(queue_b) == []
+    assert sorted(p["n"] for p in worker_b.done) == [0, 1, 2, 3]
+    assert breaker.state is CLOSED
+
+
+# -- max_hold ------------------------------------------------------------------------------
+
+
+class FirstCallFails(Worker[Any]):
+    """Fails its first call (which opens the circuit), then records what it processes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.processed: list[Message[Any]] = []
+
+    async def process(self, message: Message[Any]) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise Unavailable("dependency down")
+        self.processed.append(message)
+
+
+class DeliveryLog:
+    """A middleware recording every delivery that enters the chain, by message id."""
+
+    def __init__(self) -> None:
+        self.deliveries: dict[str, list[Message[Any]]] = {}
+
+    async def __call__(self, message: Message[Any], call_next: Any) -> None:
+        self.deliveries.setdefault(message.id, []).append(message)
+        await call_next(message)
+
+
+async def test_a_message_held_past_max_hold_goes_back_to_its_queue_and_the_stale_copy_never_runs(
+    make_pool: PoolFactory, memory_backend: MemoryBackend, queue_name: str
+) -> None:
+    # Given a circuit opened by a first failure, that half-opens only long after max_hold,
+    # and a second message it holds
+    worker = FirstCallFails()
+    log = DeliveryLog()
+    breaker = CircuitBreakerMiddleware(failure_threshold=1, recovery_timeout=0.3, max_hold=0.05)
+    pool = make_pool(worker, middleware=[AckNackMiddleware(), log, breaker], concurrency_limit=1)
+    await memory_backend.add_message(queue_name, {"n": 0}, MessageProperties(message_id="trips"))
+    await memory_backend.add_message(queue_name, {"n": 1}, MessageProperties(message_id="held"))
+
+    # When the circuit stays open past max_hold, then closes
+    await run_until_idle(pool, memory_backend, queue_name, expect_failures=True)
+
+    # Then the held delivery went back to the queue (requeued: no retry copy, no dead
+    # letter) and came back; only the copy delivered last reached the worker, once
+    copies = log.deliveries["held"]
+    assert len(copies) >= 2
+    assert [c.state for c in copies[:-1]] == [SettleState.REQUEUED] * (len(copies) - 1)
+    assert all(c.redelivered for c in copies[1:])
+    assert worker.processed == [copies[-1]]
+    assert copies[-1].state is SettleState.ACKED
+    assert [m.properties.message_id for m in memory_backend.dead_letters(queue_name)] == ["trips"]
+    assert memory_backend.retried[queue_name] == 0
+
+
+async def test_max_hold_bounds_a_delivery_across_failed_probes(
+    make_pool: PoolFactory, memory_backend: MemoryBackend, queue_name: str
+) -> None:
+    # Given a dependency that stays down and a circuit that probes far more often than
+    # max_hold, so the held message keeps failing as a probe and being held again
+    dependency = Dependency()
+    log = DeliveryLog()
+    breaker = CircuitBreakerMiddleware(failure_threshold=1, recovery_timeout=0.005, max_hold=0.1)
+    pool = make_pool(
+        DependentWorker(dependency),
+        middleware=[AckNackMiddleware(), log, breaker],
+        concurrency_limit=1,
+    )
+    await memory_backend.add_message(queue_name, {"n": 0}, MessageProperties(message_id="trips"))
+    await memory_backend.add_message(queue_name, {"n": 1}, MessageProperties(message_id="held"))
+
+    # When
+    await pool.start(memory_backend)
+    await eventually(lambda: len(log.deliveries.get("held", [])) >= 2)
+
+    # Then the first delivery went back to its queue once max_hold had passed, however
+    # many probes it failed in between, without a retry copy or a dead letter
+    first = log.deliveries["held"][0]
+    assert first.state is SettleState.REQUEUED
+    assert dependency.calls > 2
+    assert memory_backend.retried[queue_name] == 0
+    assert len(memory_backend.dead_letters(queue_name)) == 1
