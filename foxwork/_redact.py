@@ -9,8 +9,9 @@ wrong scheme still carries a real password.
 The password in the user info is replaced with `***`; so are the values of query
 parameters that name a secret (`password`, `token`, `secret`, ...). The user name, host,
 port and virtual host stay visible: they are what a reader needs to see which broker is
-meant. Parsing is deliberately lenient: a URL that is malformed (an unencoded `/` or `@` in
-the password, a bad port) is still redacted, never shown as it is.
+meant. Parsing is deliberately lenient: everything between `scheme://user:` and the last `@`
+is the password, whatever it contains, so a URL that is malformed (an unencoded `/`, `?`, `#`
+or `@` in the password, a bad port) is still redacted, never shown as it is.
 """
 
 from __future__ import annotations
@@ -46,15 +47,19 @@ def redact_url(url: str) -> str:
         return url
     scheme_end = scheme.end()
     rest = url[scheme_end:]
-    # The user info ends at the last "@" before the query: a password may hold an unencoded
-    # "/" or "@", and masking a little too much is better than showing a secret.
-    query_at = _first_of(rest, "?#")
-    at = rest.rfind("@", 0, query_at)
+    # The user info ends at the LAST "@": a password may hold an unencoded "/", "?", "#"
+    # or "@", which a URL parser takes for the end of the authority (and then shows the
+    # rest of the password as a path, query or fragment). Masking a little too much (an
+    # "@" in a query) is better than showing a secret.
+    at = rest.rfind("@")
+    query_from = 0
     if at >= 0:
         user, colon, password = rest[:at].partition(":")
         if colon and password:
             rest = f"{user}:{MASK}{rest[at:]}"
-            query_at = _first_of(rest, "?#")
+            query_from = len(user) + 1 + len(MASK)
+    # The query (secret parameters masked) starts after the password, never inside it.
+    query_at = _first_of(rest, "?#", start=query_from)
     if query_at < len(rest) and rest[query_at] == "?":
         rest = rest[: query_at + 1] + _redact_query(rest[query_at + 1 :])
     return url[:scheme_end] + rest
@@ -75,8 +80,8 @@ class RedactingFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
-def _first_of(text: str, chars: str) -> int:
-    positions = [i for i in (text.find(c) for c in chars) if i >= 0]
+def _first_of(text: str, chars: str, start: int = 0) -> int:
+    positions = [i for i in (text.find(c, start) for c in chars) if i >= 0]
     return min(positions, default=len(text))
 
 

@@ -586,6 +586,30 @@ def test_a_password_in_the_url_never_appears_in_the_output(foxwork_process: Any)
         assert output.splitlines()[-1].startswith("foxwork run: error: ")
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        # refused by the configuration: the "?" ends the authority for a URL parser
+        (f"amqp://app:{SECRET}?x@127.0.0.1:1/", "amqp://app:***@127.0.0.1:1/"),
+        (f"amqp://app:{SECRET}#x@127.0.0.1:1/", "amqp://app:***@127.0.0.1:1/"),
+        # parsed as host 127.0.0.1, port 1: refused when connecting
+        (f"amqp://127.0.0.1:1?{SECRET}@rabbit/", "amqp://127.0.0.1:***@rabbit/"),
+    ],
+)
+def test_a_password_with_an_unencoded_question_mark_or_hash_never_appears_in_the_output(
+    foxwork_process: Any, url: str, shown: str
+):
+    # Given a broker URL whose password holds an unencoded "?" or "#"
+    process = foxwork_process("run", "tests.cli_app:pool", "--url", url, "--log-level", "DEBUG")
+    # When foxwork run refuses it
+    code, output = process.finish()
+    # Then it exits 2 with one error line showing the URL redacted, never the password
+    assert code == 2, output
+    assert SECRET not in output
+    assert shown in output
+    assert output.splitlines()[-1].startswith("foxwork run: error: ")
+
+
 @pytest.mark.rabbitmq
 async def test_run_consumes_from_rabbitmq_and_stops_gracefully_on_sigterm(
     foxwork_process: Any, rabbitmq_url: str, queue_name: str

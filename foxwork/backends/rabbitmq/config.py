@@ -149,10 +149,13 @@ class RabbitMQConsumerConfig(BaseModel):
             try:
                 parsed = URL(text)
                 parsed.port  # noqa: B018 - parsing the port is the check
-            except ValueError as exc:
+            except ValueError:
+                # The parser's own message is not shown: it may quote the "port" it could not
+                # read, which is the start of a password holding an unencoded "?" or "/".
                 raise ValueError(
-                    f"{redact_url(text)!r} cannot be parsed ({exc}): check the host and port, "
-                    "and percent-encode special characters in the user name and password"
+                    f"{redact_url(text)!r} cannot be parsed: check the host and port, and "
+                    "percent-encode special characters in the user name and password "
+                    "(/ ? # @ : as %2F %3F %23 %40 %3A)"
                 ) from None
             if not parsed.host:
                 raise ValueError(
