@@ -4,16 +4,20 @@ be confirmed, health."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+import aiormq
 import pytest
 
-from foxwork import ConnectionLost, MessageProperties, PublishNotConfirmed
+from foxwork import ConnectionLost, Message, MessageProperties, PublishNotConfirmed
+from foxwork.backends import ResilientBackend
 from foxwork.backends.rabbitmq import RabbitMQBackend
+from foxwork.backends.rabbitmq.consumer import RabbitConsumer
 
 from .conftest import BackendFactory, PoolStarter
-from .support import RabbitProbe, Recorder, fail_while
+from .support import RabbitProbe, Recorder, fail_while, wait_until
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -147,3 +151,188 @@ async def test_connecting_to_a_port_without_a_broker_fails_fast_without_leaking_
         await make_backend(url=url, connect_timeout=2.0)
     assert "s3cret" not in str(raised.value)
     assert "127.0.0.1:1" in str(raised.value)
+
+
+# -- consumers replaced by the watchdog ------------------------------------------------
+
+#: Seconds between the watchdog's checks in these tests (the default is 5 s).
+WATCHDOG_INTERVAL = 0.05
+
+
+@pytest.fixture
+async def resilient(backend: RabbitMQBackend) -> AsyncIterator[ResilientBackend]:
+    """`backend` wrapped in a ResilientBackend whose watchdog checks every 50 ms."""
+    resilient = ResilientBackend(backend, watchdog_interval=WATCHDOG_INTERVAL)
+    yield resilient
+    await resilient.close()
+
+
+async def consumer_count(probe: RabbitProbe, queue: str) -> int:
+    """Consumers the broker has subscribed to `queue`."""
+    async with probe.channel() as channel:
+        declared = await channel.declare_queue(queue, passive=True)
+    count = declared.declaration_result.consumer_count
+    assert count is not None
+    return count
+
+
+def rabbit_consumer(resilient: ResilientBackend) -> RabbitConsumer:
+    [consumer] = resilient._consumers
+    assert isinstance(consumer.inner, RabbitConsumer)
+    return consumer.inner
+
+
+async def test_a_consumer_whose_intake_died_is_inactive_and_the_watchdog_restores_it(
+    resilient: ResilientBackend, start_pool: PoolStarter, probe: RabbitProbe, queue_name: str
+) -> None:
+    # Given a pool consuming through a ResilientBackend, whose consumer's intake task dies
+    # on the next delivery it has to hand over (a bug in the handler, say)
+    worker = Recorder()
+    await start_pool(resilient, worker)
+    dying = rabbit_consumer(resilient)
+
+    async def broken_handler(message: Message[Any]) -> None:
+        raise RuntimeError("bug in the hand-over")
+
+    dying._offer = None  # every delivery goes through the intake task
+    dying._handler = broken_handler
+
+    # When a message arrives and kills the intake
+    await probe.publish(b"{}", routing_key=queue_name, message_id="first")
+
+    # Then that consumer reports itself inactive
+    async def dead() -> bool:
+        return not dying.active
+
+    await wait_until(dead, what="the consumer with a dead intake reports inactive")
+
+    # and the watchdog replaces it with one that works
+    async def restored() -> bool:
+        return rabbit_consumer(resilient) is not dying and resilient._consumers[0].active
+
+    await wait_until(restored, what="the watchdog re-establishes the consumer")
+    # and the message that met the dead intake is not stuck: it is processed, like a new one
+    await probe.publish(b"{}", routing_key=queue_name, message_id="second")
+    await worker.wait_processed("first", "second")
+
+
+async def test_consumers_replaced_by_the_watchdog_are_forgotten_and_their_channels_closed(
+    resilient: ResilientBackend,
+    backend: RabbitMQBackend,
+    start_pool: PoolStarter,
+    probe: RabbitProbe,
+    queue_name: str,
+) -> None:
+    # Given a pool consuming through a ResilientBackend
+    worker = Recorder()
+    await start_pool(resilient, worker)
+    replaced = []
+
+    # When its consumer is cancelled behind its back three times, and the watchdog
+    # re-establishes it each time
+    for _ in range(3):
+        old = rabbit_consumer(resilient)
+        assert old._channel is not None and old._tag is not None
+        await old._channel.basic_cancel(old._tag)
+
+        async def replaced_by_a_new_one(old: RabbitConsumer = old) -> bool:
+            return rabbit_consumer(resilient) is not old and resilient._consumers[0].active
+
+        await wait_until(replaced_by_a_new_one, what="the watchdog re-establishes the consumer")
+        replaced.append(old)
+
+    # Then the backend tracks only the live consumer and its channel
+    live = rabbit_consumer(resilient)
+    assert backend._consumers == [live]
+    assert list(backend._acks) == [live._channel]
+
+    # and the channels of the replaced ones are closed
+    async def closed() -> bool:
+        return all(c._channel is not None and c._channel.is_closed for c in replaced)
+
+    await wait_until(closed, what="the replaced consumers' channels are closed")
+    assert await consumer_count(probe, queue_name) == 1
+    # and messages still flow
+    await probe.publish(b"{}", routing_key=queue_name, message_id="after")
+    await worker.wait_processed("after")
+
+
+async def test_a_replaced_consumer_channel_stays_open_until_its_messages_are_settled(
+    resilient: ResilientBackend, start_pool: PoolStarter, probe: RabbitProbe, queue_name: str
+) -> None:
+    # Given a pool working on a message
+    release = asyncio.Event()
+
+    async def held(message: Message[Any]) -> None:
+        await release.wait()
+
+    worker = Recorder(held)
+    await start_pool(resilient, worker)
+    await probe.publish(b"{}", routing_key=queue_name, message_id="held")
+    await worker.wait_for(lambda r: len(r.deliveries) == 1, what="the message is being worked on")
+
+    # When its consumer is cancelled behind its back and the watchdog replaces it
+    old = rabbit_consumer(resilient)
+    assert old._channel is not None and old._tag is not None
+    await old._channel.basic_cancel(old._tag)
+
+    async def replaced() -> bool:
+        return rabbit_consumer(resilient) is not old and resilient._consumers[0].active
+
+    await wait_until(replaced, what="the watchdog re-establishes the consumer")
+
+    # Then the old channel stays open while the message is in the worker's hands
+    assert not old._channel.is_closed
+    # and once the message finishes it is acked there, once, and the channel closes
+    release.set()
+    await worker.wait_processed("held")
+
+    async def closed() -> bool:
+        return old._channel is not None and old._channel.is_closed
+
+    await wait_until(closed, what="the replaced consumer's channel is closed")
+    await probe.wait_for_ready(queue_name, 0)
+    assert len(worker.of("held")) == 1
+    assert resilient.backend.health()["settle_failures"] == 0
+
+
+async def test_a_consume_cancelled_while_it_starts_leaves_no_consumer_and_no_channel(
+    backend: RabbitMQBackend,
+    probe: RabbitProbe,
+    queue_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a consume whose subscription reached the broker, and that is cancelled before it
+    # returns (the watchdog giving up on a restore in that instant)
+    await backend.declare(queue_name)
+    subscribed = asyncio.Event()
+    real_basic_consume = aiormq.Channel.basic_consume
+
+    async def basic_consume(self: aiormq.Channel, *args: Any, **kwargs: Any) -> Any:
+        ok = await real_basic_consume(self, *args, **kwargs)
+        subscribed.set()
+        await asyncio.Event().wait()  # the cancellation arrives here
+        return ok
+
+    monkeypatch.setattr(aiormq.Channel, "basic_consume", basic_consume)
+    handled: list[Message[Any]] = []
+
+    async def handler(message: Message[Any]) -> None:
+        handled.append(message)
+
+    starting = asyncio.create_task(backend.consume(queue_name, handler, prefetch=5))
+    await subscribed.wait()
+    assert await consumer_count(probe, queue_name) == 1
+
+    # When it is cancelled
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+
+    # Then the channel it opened is closed: no consumer is left on the queue to take (and
+    # hold) messages, and the backend tracks nothing of it
+    assert await consumer_count(probe, queue_name) == 0
+    assert backend._consumers == [] and backend._acks == {}
+    await probe.publish(b"{}", routing_key=queue_name, message_id="unclaimed")
+    await probe.wait_for_ready(queue_name, 1)
+    assert handled == []

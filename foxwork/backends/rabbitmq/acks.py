@@ -92,6 +92,7 @@ class AckCoalescer:
         "_pending",
         "_prefetch",
         "_settle_on",
+        "_settled",
         "_unfinished",
         "frames",
         "multiple_frames",
@@ -116,6 +117,8 @@ class AckCoalescer:
         self._coalesce = True
         self._pending: list[_Pending] = []
         self._flusher: asyncio.Task[None] | None = None
+        # Set when nothing is outstanding any more; made only while `wait_settled()` waits.
+        self._settled: asyncio.Event | None = None
         #: `basic.ack` frames sent, and how many of them had `multiple` set.
         self.frames = 0
         self.multiple_frames = 0
@@ -174,6 +177,21 @@ class AckCoalescer:
         # Written: a multiple ack sent from now on no longer finds it outstanding. (On an
         # error it stays unfinished: it may still be outstanding, so it is never covered.)
         self._unfinished.pop(tag, None)
+        self._check_settled()
+
+    async def wait_settled(self) -> None:
+        """Wait until every delivery registered so far is settled and its ack written (a
+        nack that failed keeps its delivery unsettled)."""
+        while self._unfinished or self._pending or self._flusher is not None:
+            if self._settled is None or self._settled.is_set():
+                self._settled = asyncio.Event()
+            await self._settled.wait()
+
+    def _check_settled(self) -> None:
+        if self._settled is not None and not (
+            self._unfinished or self._pending or self._flusher is not None
+        ):
+            self._settled.set()
 
     async def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until every ack handed over so far was written (or failed), for at most
@@ -212,6 +230,7 @@ class AckCoalescer:
             self._flusher = None
             # Cancelled (the loop is closing): nobody is left to send the rest.
             self._pending = []
+            self._check_settled()
 
     def _window_full(self) -> bool:
         # The broker sends no more until some of these acks arrive: waiting gains nothing.

@@ -71,6 +71,8 @@ class RabbitMQBackend(Backend):
         self._consumers: list[RabbitConsumer] = []
         #: The ack coalescer of each consumer channel (see `acks.py`).
         self._acks: dict[RawChannel, AckCoalescer] = {}
+        #: Closing the channels of cancelled consumers, once their messages are settled.
+        self._retiring: set[asyncio.Task[None]] = set()
         self._tag_counter = 0
         self._closing = False
         #: Settlements that could not reach the broker because the channel had died (the
@@ -109,6 +111,7 @@ class RabbitMQBackend(Backend):
         stale, self._consumers = self._consumers, []
         for consumer in stale:
             await consumer.cancel()
+        await self._stop_retiring()
         self._acks.clear()
         errors: list[str] = []
         for url in self._ordered_urls():
@@ -150,9 +153,10 @@ class RabbitMQBackend(Backend):
 
     async def close(self) -> None:
         self._closing = True
-        for consumer in self._consumers:
+        for consumer in list(self._consumers):
             await consumer.cancel()
         self._consumers.clear()
+        await self._stop_retiring()
         # Acks handed over but not yet written go out before the connection closes (unless
         # the connection cannot take them: then the broker redelivers those messages).
         await self.flush(ACK_FLUSH_TIMEOUT)
@@ -209,6 +213,59 @@ class RabbitMQBackend(Backend):
         await consumer.start()
         self._consumers.append(consumer)
         return consumer
+
+    async def _discard_channel(self, channel: AbstractChannel, raw: RawChannel | None) -> None:
+        """Close a consumer channel whose start-up failed or was cancelled half-way."""
+        if raw is not None:
+            self._acks.pop(raw, None)
+        if channel.is_initialized and not channel.is_closed:
+            with contextlib.suppress(*TRANSPORT_ERRORS, TimeoutError):
+                async with asyncio.timeout(self.config.connect_timeout):
+                    await channel.close()
+
+    def _retire(self, consumer: RabbitConsumer, channel: RawChannel | None) -> None:
+        """Forget a cancelled consumer; its channel closes once what it received is settled.
+
+        The channel stays open until then because the messages the pool is still working
+        on are acked on it (closing it would make the broker deliver them again).
+        """
+        if consumer in self._consumers:
+            self._consumers.remove(consumer)
+        if channel is None:
+            return
+        if channel.is_closed:
+            self._acks.pop(channel, None)
+            return
+        task = asyncio.create_task(self._close_when_settled(channel))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _close_when_settled(self, channel: RawChannel) -> None:
+        acks = self._acks.get(channel)
+        try:
+            if acks is not None:
+                settled = asyncio.ensure_future(acks.wait_settled())
+                closing = channel.closing
+                try:
+                    await asyncio.wait((settled, closing), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    closing.cancel()
+                    settled.cancel()
+            if not channel.is_closed:
+                with contextlib.suppress(*TRANSPORT_ERRORS, TimeoutError):
+                    async with asyncio.timeout(self.config.connect_timeout):
+                        await channel.close()
+        finally:
+            if self._acks.get(channel) is acks:
+                self._acks.pop(channel, None)
+
+    async def _stop_retiring(self) -> None:
+        # Closing the connection closes those channels anyway.
+        tasks = list(self._retiring)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
 
     # -- publishing ------------------------------------------------------------------
 

@@ -50,24 +50,37 @@ class RabbitConsumer(Consumer):
     @property
     def active(self) -> bool:
         channel = self._channel
+        intake = self._intake_task
         return (
             not self._cancelled
             and channel is not None
             and not channel.is_closed
             and self._tag in getattr(channel, "consumers", ())
+            # Without its intake, deliveries the pool has no room for yet pile up unseen.
+            and intake is not None
+            and not intake.done()
         )
 
     async def start(self) -> None:
         connection = self._backend._require_connection()
-        async with mapped(f"consuming {self.queue!r}"):
-            channel = await connection.channel(publisher_confirms=False)
-            await channel.set_qos(prefetch_count=self._prefetch)
-            raw = await channel.get_underlay_channel()
-            raw.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
-            # Before consuming: the first delivery may be handled before consume() returns.
-            self._backend._start_acks(raw, self._prefetch, replacing=self._channel)
-            tag = self._backend._next_consumer_tag(self.queue)
-            ok = await raw.basic_consume(self.queue, self._on_delivery, consumer_tag=tag)
+        channel = connection.channel(publisher_confirms=False)
+        raw: RawChannel | None = None
+        try:
+            async with mapped(f"consuming {self.queue!r}"):
+                await channel
+                await channel.set_qos(prefetch_count=self._prefetch)
+                raw = await channel.get_underlay_channel()
+                raw.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
+                # Before consuming: the first delivery may be handled before consume() returns.
+                self._backend._start_acks(raw, self._prefetch, replacing=self._channel)
+                tag = self._backend._next_consumer_tag(self.queue)
+                ok = await raw.basic_consume(self.queue, self._on_delivery, consumer_tag=tag)
+        except BaseException:
+            # Failed or cancelled half-way (a restore the watchdog gave up on): the channel
+            # opened so far is closed, or a subscription made on it would keep taking
+            # deliveries that nobody settles.
+            await self._backend._discard_channel(channel, raw)
+            raise
         self._channel = raw
         self._tag = ok.consumer_tag
         if self._intake_task is None or self._intake_task.done():
@@ -101,10 +114,15 @@ class RabbitConsumer(Consumer):
                 continue  # its channel died: the broker redelivers it
             try:
                 await self._handler(message)
-            except asyncio.CancelledError:
+            except BaseException as exc:
                 if message.worker is None and not message.settled:
                     await nack_quietly(self._backend, delivered)
-                raise
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                # The intake ends here: `active` turns false, and whoever watches it (the
+                # resilient backend's watchdog) replaces this consumer.
+                logger.exception("the intake of the consumer of %r failed", self.queue)
+                return
 
     def _on_broker_cancel(self, frame: Any) -> None:
         if frame.consumer_tag != self._tag or self._cancelled:
@@ -164,6 +182,8 @@ class RabbitConsumer(Consumer):
         # Received but never handed to the pool: straight back to the queue.
         for delivered in self._drain_buffer_quietly():
             await nack_quietly(self._backend, delivered)
+        # The messages still in the pool settle on the channel: it closes after them.
+        self._backend._retire(self, channel)
 
 
 def tag_of(delivered: DeliveredMessage) -> int:
