@@ -154,6 +154,8 @@ class Message(Generic[P]):
         redelivered: the broker delivered it before (a connection died before settlement).
         delivery_count: for quorum queues, how often the broker delivered it before.
         poison: why the message is unprocessable before any code looks at it, or None.
+        max_body_size: the most bytes the body may have, as received and once inflated
+            (a gzip or deflate body is decoded no further than this).
         worker_id: the worker the pool picked for it (set at dispatch).
         raw: the backend's own delivery object (for the backend; do not rely on it).
     """
@@ -169,6 +171,7 @@ class Message(Generic[P]):
         "exchange",
         "headers",
         "id",
+        "max_body_size",
         "poison",
         "properties",
         "queue",
@@ -222,6 +225,7 @@ class Message(Generic[P]):
         except PoisonMessage as exc:
             self.attempt = 1
             self.poison = str(exc)
+        self.max_body_size = max_body_size
         if len(body) > max_body_size:
             self.poison = (
                 f"body of {len(body)} bytes exceeds max_body_size of {max_body_size} bytes"
@@ -243,7 +247,10 @@ class Message(Generic[P]):
         """
         if self._payload is _UNSET:
             self._payload = codec.decode(
-                self.body, self.properties.content_type, self.properties.content_encoding
+                self.body,
+                self.properties.content_type,
+                self.properties.content_encoding,
+                max_size=self.max_body_size,
             )
         payload: P = self._payload
         return payload

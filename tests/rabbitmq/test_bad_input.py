@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from foxwork import MessageProperties
 from foxwork.backends.rabbitmq import RabbitMQBackend
+from tests.unit.helpers import compression_bomb
 
 from .conftest import BackendFactory, PoolStarter
 from .support import RabbitProbe, Recorder, fail_while, publish_without_message_id
@@ -34,6 +35,7 @@ class OrderWorker(Recorder):
 class BadInput:
     body: bytes
     content_type: str = "application/json"
+    content_encoding: str | None = None
     headers: dict[str, Any] = field(default_factory=dict)
     #: Fragments the x-failure-reason must contain.
     reason: tuple[str, ...] = ()
@@ -62,6 +64,17 @@ BAD_INPUTS = {
         b'{"blob": "' + b"x" * 5_000_000 + b'"}',
         reason=("5000012 bytes", f"max_body_size of {MAX_BODY_SIZE} bytes"),
     ),
+    "gzip body inflating to 50 MiB": BadInput(
+        compression_bomb("gzip", 50),
+        content_encoding="gzip",
+        reason=("inflates to more than", f"max_body_size of {MAX_BODY_SIZE} bytes"),
+    ),
+    "JSON nested 100,000 deep": BadInput(
+        b"[" * 100_000 + b"]" * 100_000, reason=("nested too deeply",)
+    ),
+    "JSON integer of 5,000 digits": BadInput(
+        b'{"sku": "A-1", "qty": ' + b"7" * 5000 + b"}", reason=("integer", "4300 digits")
+    ),
 }
 
 
@@ -77,7 +90,10 @@ async def test_a_bad_message_is_dead_lettered_with_a_clear_reason_and_the_next_o
     backend = await make_backend(max_body_size=MAX_BODY_SIZE)
     await backend.declare(queue_name)
     bad_properties = MessageProperties(
-        content_type=bad.content_type, message_id="bad", headers=bad.headers
+        content_type=bad.content_type,
+        content_encoding=bad.content_encoding,
+        message_id="bad",
+        headers=bad.headers,
     )
     await backend.publish(queue_name, bad.body, bad_properties)
     await backend.publish(

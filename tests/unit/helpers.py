@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import struct
+import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -107,3 +110,24 @@ class FailingWorker(Worker[Any]):
         if len(self.attempts) <= self.times:
             raise self.error if isinstance(self.error, BaseException) else self.error()
         self.succeeded.set()
+
+
+@functools.cache
+def compression_bomb(encoding: str, mib: int) -> bytes:
+    """A gzip or deflate (zlib) body that inflates to `mib` MiB of zeros, about 1 KB per
+    MiB. Built from one compressed MiB repeated (each copy ends with a full flush, so it
+    stands alone), without ever holding the inflated bytes."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    mebibyte = bytes(1 << 20)
+    one = compressor.compress(mebibyte) + compressor.flush(zlib.Z_FULL_FLUSH)
+    deflated = one * mib + compressor.flush()
+    if encoding == "gzip":
+        crc = 0
+        for _ in range(mib):
+            crc = zlib.crc32(mebibyte, crc)
+        header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
+        return header + deflated + struct.pack("<II", crc, (mib << 20) & 0xFFFFFFFF)
+    adler = 1
+    for _ in range(mib):
+        adler = zlib.adler32(mebibyte, adler)
+    return b"\x78\xda" + deflated + struct.pack(">I", adler)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import gzip
+import tracemalloc
 import zlib
 
 import pytest
 from pydantic import BaseModel
 
-from foxwork import PoisonMessage, codec
+from foxwork import PoisonMessage, codec, wire
+
+from .helpers import compression_bomb
 
 
 class Order(BaseModel):
@@ -103,3 +106,80 @@ def test_encode_picks_the_content_type_from_the_payload(
 def test_encode_then_decode_round_trips(payload: object) -> None:
     body, content_type = codec.encode(payload)
     assert codec.decode(body, content_type) == payload
+
+
+# -- bodies that would exhaust memory or the stack --------------------------------------
+
+#: The compression bombs below inflate to this many MiB of zeros.
+BOMB_MIB = 50
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_compression_bomb_is_refused_at_the_limit_without_inflating_it(encoding: str) -> None:
+    # Given a 50 KB body that inflates to 50 MiB
+    bomb = compression_bomb(encoding, BOMB_MIB)
+    limit = 1_000_000
+
+    # When it is decoded with a limit of 1 MB
+    tracemalloc.start()
+    try:
+        with pytest.raises(PoisonMessage) as caught:
+            codec.decode(bomb, "application/json", encoding, max_size=limit)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    # Then it is poison, the reason names the limit, and memory never held more than the
+    # limit and a chunk (never the 50 MiB)
+    assert f"max_body_size of {limit} bytes" in str(caught.value)
+    assert "inflates to more than" in str(caught.value)
+    assert peak < 1.5 * limit
+
+
+def test_the_default_limit_on_the_inflated_body_is_max_body_size() -> None:
+    with pytest.raises(PoisonMessage, match=f"max_body_size of {wire.DEFAULT_MAX_BODY_SIZE}"):
+        codec.decode(compression_bomb("gzip", BOMB_MIB), None, "gzip")
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_compressed_body_inflating_to_exactly_the_limit_is_decoded(encoding: str) -> None:
+    body = compression_bomb(encoding, 2)
+    assert codec.decode(body, None, encoding, max_size=2 << 20) == bytes(2 << 20)
+    with pytest.raises(PoisonMessage, match="max_body_size"):
+        codec.decode(body, None, encoding, max_size=(2 << 20) - 1)
+
+
+def test_concatenated_gzip_members_decode_to_their_concatenation() -> None:
+    body = gzip.compress(b'{"a": ') + gzip.compress(b"1}")
+    assert codec.decode(body, "application/json", "gzip") == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    ("body", "encoding"),
+    [
+        (gzip.compress(b'{"a": 1}')[:-6], "gzip"),
+        (zlib.compress(b'{"a": 1}')[:-3], "deflate"),
+        (gzip.compress(b"{}") + b"junk", "gzip"),
+    ],
+)
+def test_a_truncated_or_trailing_garbage_compressed_body_is_poison(
+    body: bytes, encoding: str
+) -> None:
+    with pytest.raises(PoisonMessage, match=f"not valid {encoding} data"):
+        codec.decode(body, "application/json", encoding)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+        (b"9" * 5000, "integer"),
+        (b'{"qty": ' + b"1" * 4301 + b"}", "integer"),
+    ],
+)
+def test_json_too_deep_or_with_a_huge_integer_is_poison_not_a_retryable_error(
+    body: bytes, reason: str
+) -> None:
+    with pytest.raises(PoisonMessage, match=reason):
+        codec.decode(body, "application/json")

@@ -11,7 +11,7 @@ import pytest
 from foxwork import Message, MessageProperties, PoisonMessage, SettleState
 from foxwork.wire import DEFAULT_MAX_BODY_SIZE
 
-from .helpers import RecordingSettler, make_message
+from .helpers import RecordingSettler, compression_bomb, make_message
 
 
 def test_message_properties_with_methods_return_changed_copies() -> None:
@@ -141,6 +141,20 @@ def test_a_body_over_max_body_size_marks_the_message_as_poison_naming_the_limit(
     assert "max_body_size of 10 bytes" in message.poison
     assert make_message(b"x" * 10, max_body_size=10).poison is None
     assert DEFAULT_MAX_BODY_SIZE == 8 * 1024 * 1024
+
+
+def test_a_compressed_body_inflating_past_max_body_size_is_poison_when_read() -> None:
+    # Given a 50 KB gzip body that inflates to 50 MiB, under a 1 MB limit
+    bomb = compression_bomb("gzip", 50)
+    properties = MessageProperties(content_type="application/json", content_encoding="gzip")
+    message: Message[Any] = Message(
+        bomb, settler=RecordingSettler(), properties=properties, max_body_size=1_000_000
+    )
+    assert message.poison is None  # the body as received is within the limit
+
+    # When / Then its payload is refused, naming the limit
+    with pytest.raises(PoisonMessage, match="max_body_size of 1000000 bytes"):
+        _ = message.payload
 
 
 async def test_ack_settles_the_message_once() -> None:

@@ -12,11 +12,18 @@ from foxwork import (
     ConnectionLost,
     Message,
     MessageProperties,
+    PoisonMessage,
     PublishNotConfirmed,
 )
 from foxwork.backends import MemoryBackend
+from foxwork.middleware import AckNackMiddleware, RetryMiddleware
+from tests.conftest import PoolFactory, run_until_idle
+
+from ..helpers import RecordingWorker, compression_bomb
 
 SOON = 2.0
+#: Retry delays of milliseconds, so a retried message comes back at once.
+FAST = {"initial_backoff": 0.01, "max_backoff": 0.02, "jitter": 0.0}
 
 
 class Inbox:
@@ -306,3 +313,55 @@ async def test_an_oversize_body_is_delivered_marked_as_poison(queue_name: str) -
     assert message.poison == "body of 5 bytes exceeds max_body_size of 4 bytes"
     await message.ack()
     await backend.close()
+
+
+# -- bad input through a pool: dead-lettered after one attempt, never retried ------------
+
+#: Bodies the JSON decoder cannot handle, and a fragment of the reason each must carry.
+BAD_JSON = {
+    "nested 100,000 deep": (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    "integer of 5,000 digits": (b'{"qty": ' + b"7" * 5000 + b"}", "integer"),
+}
+
+
+@pytest.mark.parametrize(("body", "reason"), BAD_JSON.values(), ids=BAD_JSON.keys())
+async def test_json_the_decoder_cannot_handle_is_dead_lettered_after_one_attempt(
+    make_pool: PoolFactory, memory_backend: MemoryBackend, queue_name: str, body: bytes, reason: str
+) -> None:
+    # Given a JSON message the decoder cannot handle, for a worker that reads its payload
+    worker = RecordingWorker()
+    pool = make_pool(worker, middleware=[AckNackMiddleware(), RetryMiddleware(**FAST)])
+    properties = MessageProperties(content_type="application/json", message_id="bad")
+    await memory_backend.enqueue_with_properties(queue_name, body, properties)
+
+    # When the pool runs it
+    failures = await run_until_idle(pool, memory_backend, queue_name, expect_failures=True)
+
+    # Then it was tried once, never retried, and is in the DLQ with a clear reason
+    assert [type(exc) for exc in failures.exceptions] == [PoisonMessage]
+    assert memory_backend.retried[queue_name] == 0
+    [dead] = memory_backend.dead_letters(queue_name)
+    assert reason in dead.headers["x-failure-reason"]
+    assert dead.headers["x-exception-type"] == "foxwork.errors.PoisonMessage"
+    assert dead.headers["x-final-attempt"] == 1
+
+
+async def test_a_compression_bomb_is_dead_lettered_with_the_limit_named(
+    make_pool: PoolFactory, make_memory_backend: Any, queue_name: str
+) -> None:
+    # Given a 50 KB gzip body inflating to 50 MiB, on a backend with a 1 MB body limit
+    backend = await make_memory_backend(max_body_size=1_000_000)
+    worker = RecordingWorker()
+    pool = make_pool(worker, middleware=[AckNackMiddleware(), RetryMiddleware(**FAST)])
+    properties = MessageProperties(content_type="application/json", content_encoding="gzip")
+    await backend.enqueue_with_properties(queue_name, compression_bomb("gzip", 50), properties)
+
+    # When the pool runs it
+    await run_until_idle(pool, backend, queue_name, expect_failures=True)
+
+    # Then it is in the DLQ after one attempt, the reason naming the limit
+    assert worker.payloads == []
+    [dead] = backend.dead_letters(queue_name)
+    assert "max_body_size of 1000000 bytes" in dead.headers["x-failure-reason"]
+    assert dead.headers["x-final-attempt"] == 1
+    assert backend.retried[queue_name] == 0
