@@ -13,6 +13,10 @@ it needs no web framework and runs on the pool's own event loop:
 
 JSON bodies are built from `WorkerPool.health()`, which never holds secrets.
 
+The server holds at most `max_connections` connections at once (a client beyond them is
+answered 503 and disconnected at once), and gives each one `timeout` seconds to send its
+request and take the answer: idle, slow or stalled clients cannot pile up.
+
 Metrics are read from OpenTelemetry, not from a second metrics library: give the meter
 provider a `PrometheusReader` and give the reader to the server. The reader renders the
 exposition itself, which keeps `prometheus_client` (and its process-global registry) out
@@ -58,7 +62,7 @@ from opentelemetry.sdk.metrics.export import (
     Sum,
 )
 
-from ._checks import is_int
+from ._checks import is_count, is_int, is_number
 from .errors import ConfigurationError
 from .pool import WorkerPool
 
@@ -70,8 +74,10 @@ logger = logging.getLogger("foxwork.http")
 DEFAULT_HOST = "127.0.0.1"
 #: Port the server listens on; 0 picks a free one (read it from `HealthServer.port`).
 DEFAULT_PORT = 0
-#: Seconds a client has to send its request before the connection is dropped.
+#: Seconds a client has to send its request and read the answer before it is dropped.
 REQUEST_TIMEOUT = 5.0
+#: Connections held at once; probes and scrapers need a handful.
+DEFAULT_MAX_CONNECTIONS = 64
 #: Longest request line or header line accepted, in bytes.
 MAX_LINE = 8192
 #: Most header lines accepted in one request.
@@ -133,6 +139,8 @@ class HealthServer:
         host: the interface to listen on; the default is loopback only.
         port: the port; 0 picks a free one.
         metrics: the reader behind `/metrics`; without one `/metrics` answers 404.
+        max_connections: connections held at once; one more is answered 503 and closed.
+        timeout: seconds a client has to send its request and read the answer.
 
     Example:
         server = HealthServer(pool, port=8080, metrics=reader)
@@ -148,6 +156,8 @@ class HealthServer:
         host: str = DEFAULT_HOST,
         port: int = DEFAULT_PORT,
         metrics: PrometheusReader | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        timeout: float = REQUEST_TIMEOUT,
     ) -> None:
         if not isinstance(pool, WorkerPool):
             raise ConfigurationError(f"HealthServer(pool={pool!r}): pass a foxwork WorkerPool")
@@ -165,8 +175,20 @@ class HealthServer:
                 f"HealthServer(metrics={metrics!r}): pass the PrometheusReader given to "
                 "the MeterProvider, or None to serve no /metrics"
             )
+        if not is_count(max_connections):
+            raise ConfigurationError(
+                f"HealthServer(max_connections={max_connections!r}): pass how many "
+                "connections to hold at once, at least 1"
+            )
+        if not (is_number(timeout) and 0 < timeout < math.inf):
+            raise ConfigurationError(
+                f"HealthServer(timeout={timeout!r}): pass the seconds a client has for its "
+                "request and answer, more than 0"
+            )
         self.pool = pool
         self.host = host
+        self.max_connections = max_connections
+        self.timeout = float(timeout)
         self._port = port
         self.metrics = metrics
         self._server: asyncio.Server | None = None
@@ -180,6 +202,11 @@ class HealthServer:
     def port(self) -> int:
         """The port listened on (the one picked when constructed with 0, once started)."""
         return self._port
+
+    @property
+    def open_connections(self) -> int:
+        """Connections being served right now."""
+        return len(self._connections)
 
     @property
     def url(self) -> str:
@@ -230,30 +257,42 @@ class HealthServer:
     async def _on_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        if len(self._connections) >= self.max_connections:
+            # Refused without waiting for the request or for the client to read: a full
+            # server spends nothing more on it.
+            status, content_type, body = _json(503, {"error": "too many connections"})
+            writer.write(_head(status, content_type, len(body)) + body)
+            writer.transport.close()
+            return
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
         try:
-            try:
-                async with asyncio.timeout(REQUEST_TIMEOUT):
-                    method, path = await _read_request(reader)
-            except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
-                return
-            except (ValueError, asyncio.LimitOverrunError):
-                status, content_type, body = _json(400, {"error": "malformed request"})
-                method = "GET"
-            else:
-                status, content_type, body = self._respond(method, path)
-            writer.write(_head(status, content_type, len(body)))
-            if method != "HEAD":
-                writer.write(body)
-            with contextlib.suppress(ConnectionError):
-                await writer.drain()
+            async with asyncio.timeout(self.timeout):
+                await self._exchange(reader, writer)
+        except (TimeoutError, ConnectionError):
+            # Too slow to ask or to read the answer: drop it, unsent data and all.
+            writer.transport.abort()
         finally:
             self._connections.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            method, path = await _read_request(reader)
+        except asyncio.IncompleteReadError:
+            return
+        except (ValueError, asyncio.LimitOverrunError):
+            status, content_type, body = _json(400, {"error": "malformed request"})
+            method = "GET"
+        else:
+            status, content_type, body = self._respond(method, path)
+        writer.write(_head(status, content_type, len(body)))
+        if method != "HEAD":
+            writer.write(body)
+        await writer.drain()
 
     def _respond(self, method: str, path: str) -> tuple[int, str, bytes]:
         route = path.split("?", 1)[0]

@@ -90,6 +90,10 @@ async def server(pool: WorkerPool, reader: PrometheusReader) -> AsyncIterator[He
         ({"port": "8080"}, "port='8080'"),
         ({"host": ""}, "host=''"),
         ({"metrics": object()}, "metrics=<object"),
+        ({"max_connections": 0}, "max_connections=0"),
+        ({"max_connections": 2.5}, "max_connections=2.5"),
+        ({"timeout": 0}, "timeout=0"),
+        ({"timeout": float("nan")}, "timeout=nan"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_argument(
@@ -266,10 +270,11 @@ async def test_close_drops_idle_connections_and_frees_the_port(pool: WorkerPool)
 
 
 async def test_a_client_that_never_finishes_its_request_is_disconnected(
-    server: HealthServer, monkeypatch: pytest.MonkeyPatch
+    pool: WorkerPool,
 ) -> None:
     # Given a short request deadline and a client that sends half a request
-    monkeypatch.setattr("foxwork.http.REQUEST_TIMEOUT", 0.05)
+    server = HealthServer(pool, timeout=0.05)
+    await server.start()
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     writer.write(b"GET /health HTTP/1.1\r\nHost: local")
     await writer.drain()
@@ -281,6 +286,67 @@ async def test_a_client_that_never_finishes_its_request_is_disconnected(
     writer.close()
     assert raw == b""
     assert (await request(server, "/health")).status == 200
+    await server.close()
+
+
+async def wait_for_open_connections(server: HealthServer, count: int) -> None:
+    """Wait until the server holds `count` connections; fail after 5 s."""
+    deadline = asyncio.get_running_loop().time() + 5
+    while server.open_connections != count:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(
+                f"the server holds {server.open_connections} connections, not {count}"
+            )
+        await asyncio.sleep(0.01)
+
+
+async def test_connections_beyond_the_limit_are_answered_503_and_closed_at_once(
+    pool: WorkerPool,
+) -> None:
+    # Given a server that holds at most 4 connections, and 4 clients that connect and say
+    # nothing (with a deadline far away)
+    server = HealthServer(pool, max_connections=4, timeout=60)
+    await server.start()
+    idle = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(4)]
+    await wait_for_open_connections(server, 4)
+
+    # When 6 more connect
+    extra = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(6)]
+
+    # Then each of them is told 503 and disconnected at once, instead of being held
+    answers = await asyncio.wait_for(
+        asyncio.gather(*(reader.read() for reader, _ in extra)), timeout=5
+    )
+    assert all(raw.startswith(b"HTTP/1.1 503 ") for raw in answers), answers
+    assert server.open_connections == 4
+    # and once the idle clients go, the server answers again
+    for _, writer in [*idle, *extra]:
+        writer.close()
+    await wait_for_open_connections(server, 0)
+    assert (await request(server, "/health")).status == 200
+    await server.close()
+
+
+async def test_a_client_that_does_not_read_its_answer_is_disconnected_after_the_timeout(
+    pool: WorkerPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an answer far larger than the socket buffers, and a short timeout
+    server = HealthServer(pool, timeout=0.2)
+    monkeypatch.setattr(
+        server, "_respond", lambda method, path: (200, "text/plain", b"x" * (32 << 20))
+    )
+    await server.start()
+
+    # When a client asks for it and never reads
+    _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    await writer.drain()
+    await wait_for_open_connections(server, 1)
+
+    # Then the server drops the connection once the timeout has passed
+    await wait_for_open_connections(server, 0)
+    writer.close()
+    await server.close()
 
 
 def test_rendering_escapes_label_values_and_converts_names_and_units(
