@@ -22,6 +22,8 @@ mapped at that boundary to `BackendError` subclasses, with the original chained.
 
 from __future__ import annotations
 
+import math
+
 __all__ = [
     "BackendError",
     "ConfigurationError",
@@ -60,16 +62,27 @@ class RetryLater(WorkerError):
 
     The delay is spent on the broker (a TTL retry queue), not in worker memory, and the
     retry counts as an attempt. With no `RetryMiddleware` in the chain the message is
-    requeued at once.
+    requeued at once. A delay longer than `foxwork.wire.MAX_RETRY_DELAY` (about 48 days,
+    under RabbitMQ's limit on a TTL) is cut to it.
+
+    Raises:
+        ConfigurationError: `delay` is negative, infinite or NaN.
 
     Example:
         raise RetryLater(delay=30.0, reason="inventory service busy")
     """
 
     def __init__(self, delay: float, reason: str = "") -> None:
-        if delay < 0:
-            raise ConfigurationError(f"RetryLater(delay={delay!r}): delay must be >= 0 seconds")
-        self.delay = float(delay)
+        try:
+            seconds = float(delay)
+        except OverflowError:  # an int too large for a float
+            seconds = math.inf
+        # `not >=` also refuses NaN, which compares false with everything.
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise ConfigurationError(
+                f"RetryLater(delay={delay!r}): delay must be a finite number of seconds >= 0"
+            )
+        self.delay = seconds
         self.reason = reason
         super().__init__(reason or f"retry later after {self.delay:g} s")
 

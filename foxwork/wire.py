@@ -54,6 +54,10 @@ MAX_FAILURE_REASON = 1024
 DEFAULT_MAX_BODY_SIZE = 8 * 1024 * 1024
 #: Largest `x-retry-attempt` accepted; larger values are poison (no real message fails so often).
 MAX_RETRY_ATTEMPT = 1_000_000
+#: The longest retry delay, in seconds (about 48.6 days); a longer one is cut to it. RabbitMQ
+#: refuses a TTL over 2**32 - 1 ms (about 49.7 days): this is the largest delay tier whose
+#: retry queue TTL, and expiry (10 minutes later), stay under that.
+MAX_RETRY_DELAY = 4_200_000.0
 
 
 def retry_exchange_name(queue: str) -> str:
@@ -77,20 +81,25 @@ def dead_letter_queue_name(queue: str) -> str:
 
 
 def seconds_to_ms(seconds: float) -> int:
-    """Seconds (the public unit) to whole milliseconds (the TTL unit on the wire)."""
-    return max(0, round(seconds * 1000))
+    """Seconds (the public unit) to whole milliseconds (the TTL unit on the wire); 0 for a
+    negative or NaN number of seconds."""
+    if not seconds > 0:  # also NaN, which compares false with everything
+        return 0
+    return round(seconds * 1000)
 
 
 def delay_tier_ms(seconds: float) -> int:
     """The retry tier for a delay: milliseconds rounded to two significant digits.
 
     Tiers bound how many retry queues exist (about 90 per decade of delays) while keeping
-    every delay within 5 % of what was asked. Delays below 100 ms round to 10 ms steps.
+    every delay within 5 % of what was asked. Delays below 100 ms round to 10 ms steps;
+    delays past `MAX_RETRY_DELAY` (infinity included) fall into its tier, and a NaN or
+    negative delay into the shortest, so the tier is always a TTL RabbitMQ accepts.
 
     >>> delay_tier_ms(1.234), delay_tier_ms(37.4), delay_tier_ms(0.05)
     (1200, 37000, 50)
     """
-    ms = seconds_to_ms(seconds)
+    ms = seconds_to_ms(min(seconds, MAX_RETRY_DELAY))
     if ms < 100:
         return max(10, round(ms, -1))
     digits = math.floor(math.log10(ms)) - 1

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import random
 from typing import Any
 
 from tenacity import RetryCallState, wait_exponential
 
+from .. import wire
 from .._checks import is_count
 from ..errors import ConfigurationError, DeadLetter, Drop, RetryLater
 from ..message import Message
@@ -57,7 +59,8 @@ class RetryMiddleware:
     Args:
         max_attempts: total deliveries, the first included (1 = never retry).
         initial_backoff: seconds before the first retry.
-        max_backoff: the longest delay, in seconds.
+        max_backoff: the longest delay, in seconds; `wire.MAX_RETRY_DELAY` (about 48 days)
+            at most, whatever is given.
         backoff_multiplier: growth of the delay per attempt.
         jitter: random spread as a fraction of the delay, 0 to 1.
         max_redeliveries: unsettled redeliveries seen before dead-lettering (classic
@@ -83,15 +86,19 @@ class RetryMiddleware:
                 f"max_attempts={max_attempts!r} must be an int of at least 1 "
                 "(the total number of deliveries, the first included)"
             )
-        if initial_backoff < 0:
-            raise ConfigurationError(f"initial_backoff={initial_backoff!r} must be >= 0 seconds")
-        if max_backoff < initial_backoff:
+        # Written as `not (... >= ...)` so that NaN, which compares false, is refused too.
+        if not (math.isfinite(initial_backoff) and initial_backoff >= 0):
+            raise ConfigurationError(
+                f"initial_backoff={initial_backoff!r} must be a finite number of seconds >= 0"
+            )
+        if not max_backoff >= initial_backoff:
             raise ConfigurationError(
                 f"max_backoff={max_backoff!r} must be >= initial_backoff={initial_backoff!r}"
             )
-        if backoff_multiplier < 1:
+        if not (math.isfinite(backoff_multiplier) and backoff_multiplier >= 1):
             raise ConfigurationError(
-                f"backoff_multiplier={backoff_multiplier!r} must be >= 1 (1 = constant delay)"
+                f"backoff_multiplier={backoff_multiplier!r} must be a finite number >= 1 "
+                "(1 = constant delay)"
             )
         if not 0 <= jitter <= 1:
             raise ConfigurationError(
@@ -130,7 +137,7 @@ class RetryMiddleware:
         delay = float(self._wait(state))
         if self.jitter:
             delay *= 1 + random.uniform(-self.jitter, self.jitter)
-        return min(max(delay, 0.0), self.max_backoff)
+        return min(max(delay, 0.0), self.max_backoff, wire.MAX_RETRY_DELAY)
 
     def _crash_looping(self, message: Message[Any]) -> str | None:
         limit = self.max_redeliveries
@@ -181,7 +188,10 @@ class RetryMiddleware:
                 )
                 confirmed = await message.dead_letter(exc)
             else:
-                delay = exc.delay if isinstance(exc, RetryLater) else self.backoff(message.attempt)
+                if isinstance(exc, RetryLater):
+                    delay = min(exc.delay, wire.MAX_RETRY_DELAY)
+                else:
+                    delay = self.backoff(message.attempt)
                 logger.info(
                     "message %s failed attempt %d of %d; retrying in %.3g s",
                     message.id,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from foxwork import MessageProperties
+from foxwork import MessageProperties, RetryLater, wire
 from foxwork.backends.rabbitmq import RabbitMQBackend
 from tests.unit.helpers import compression_bomb
 
@@ -164,3 +164,21 @@ async def test_a_message_without_message_id_is_processed_and_its_copies_carry_a_
     [dead_letter] = await probe.take(f"{queue_name}-dlq")
     assert dead_letter.message_id == dead[0].id
     assert dead_letter.body == b'{"fate": "dead"}'
+
+
+async def test_a_retry_delay_past_the_maximum_waits_in_the_longest_tier_the_broker_accepts(
+    backend: RabbitMQBackend, start_pool: PoolStarter, probe: RabbitProbe, queue_name: str
+) -> None:
+    # Given a worker asking for a retry in 31 years (a TTL RabbitMQ refuses)
+    worker = Recorder(fail_while(lambda m: True, lambda m: RetryLater(delay=1e9)))
+    await backend.declare(queue_name)
+    await backend.publish(queue_name, b"{}", MessageProperties(message_id="later"))
+
+    # When the pool runs it once
+    await start_pool(backend, worker)
+    retry_queue = f"{queue_name}-retry-{round(wire.MAX_RETRY_DELAY * 1000)}ms"
+    await probe.wait_for_ready(retry_queue, 1)
+
+    # Then the copy waits in the tier of the maximum delay, after a single delivery
+    assert [d.message_id for d in worker.deliveries] == ["later"]
+    assert await probe.ready(queue_name) == 0

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from foxwork import PoisonMessage, wire
+from foxwork.backends.rabbitmq.topology import RETRY_QUEUE_EXPIRES_MARGIN_MS
 
 
 @pytest.mark.parametrize(
@@ -92,8 +94,39 @@ def test_every_tier_is_within_five_percent_of_the_asked_delay() -> None:
     assert not off
 
 
+#: RabbitMQ's limit on a TTL (`x-message-ttl`), in milliseconds.
+RABBITMQ_MAX_TTL_MS = 2**32 - 1
+
+
+def test_the_maximum_delay_is_a_tier_under_rabbitmqs_ttl_limit() -> None:
+    # The retry queue of a tier has it as its TTL and expires a margin later: RabbitMQ
+    # must accept both.
+    max_ms = round(wire.MAX_RETRY_DELAY * 1000)
+    assert wire.delay_tier_ms(wire.MAX_RETRY_DELAY) == max_ms
+    assert max_ms + RETRY_QUEUE_EXPIRES_MARGIN_MS <= RABBITMQ_MAX_TTL_MS
+
+
+@pytest.mark.parametrize("seconds", [4_199_000.0, 5e6, 1e12, 1e300, math.inf])
+def test_a_delay_past_the_maximum_falls_into_the_maximum_tier(seconds: float) -> None:
+    assert wire.delay_tier_ms(seconds) == round(wire.MAX_RETRY_DELAY * 1000)
+
+
+@pytest.mark.parametrize("seconds", [math.nan, -math.inf, -1e300])
+def test_a_delay_that_is_no_positive_number_falls_into_the_shortest_tier(seconds: float) -> None:
+    assert wire.delay_tier_ms(seconds) == 10
+
+
+def test_no_delay_gives_a_tier_past_rabbitmqs_ttl_limit() -> None:
+    # Given delays spread over every magnitude a float holds
+    delays = [sign * 10.0**exponent for exponent in range(-300, 309) for sign in (1, -1)]
+
+    # When / Then every one has a tier the broker accepts as a TTL
+    assert all(10 <= wire.delay_tier_ms(d) <= RABBITMQ_MAX_TTL_MS for d in delays)
+
+
 @pytest.mark.parametrize(
-    ("seconds", "ms"), [(0, 0), (0.0004, 0), (0.0006, 1), (1.5, 1500), (-1, 0)]
+    ("seconds", "ms"),
+    [(0, 0), (0.0004, 0), (0.0006, 1), (1.5, 1500), (-1, 0), (math.nan, 0), (-math.inf, 0)],
 )
 def test_seconds_convert_to_whole_milliseconds_never_negative(seconds: float, ms: int) -> None:
     assert wire.seconds_to_ms(seconds) == ms

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,6 +16,7 @@ from foxwork import (
     PoisonMessage,
     RetryLater,
     SettleState,
+    wire,
 )
 from foxwork.backends import MemoryBackend
 from foxwork.middleware import AckNackMiddleware, RetryMiddleware
@@ -414,3 +416,68 @@ async def test_drop_acks_without_retry_or_dead_letter(
     assert memory_backend.dead_letters(queue_name) == []
     assert memory_backend.depth(queue_name) == 0
     assert (pool.processed, pool.failed) == (1, 0)
+
+
+# -- delays out of range ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("delay", [math.inf, -math.inf, math.nan, -1.0])
+def test_retry_later_refuses_a_delay_that_is_not_a_finite_number_of_seconds(delay: float) -> None:
+    with pytest.raises(ConfigurationError, match=rf"RetryLater\(delay={delay!r}\).*finite"):
+        RetryLater(delay)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"initial_backoff": math.nan}, "initial_backoff=nan"),
+        ({"initial_backoff": math.inf}, "initial_backoff=inf"),
+        ({"max_backoff": math.nan}, "max_backoff=nan"),
+        ({"backoff_multiplier": math.nan}, "backoff_multiplier=nan"),
+        ({"backoff_multiplier": math.inf}, "backoff_multiplier=inf"),
+    ],
+)
+def test_backoff_settings_that_are_not_finite_are_refused(
+    kwargs: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=named):
+        RetryMiddleware(**kwargs)
+
+
+async def test_a_retry_later_delay_past_the_maximum_is_capped_to_it() -> None:
+    # Given a worker asking for a retry in 31,700 years
+    settler = RecordingSettler()
+    message = make_message(settler=settler)
+
+    # When
+    with pytest.raises(RetryLater):
+        await RetryMiddleware()(message, raising(RetryLater(delay=1e12)))
+
+    # Then the copy waits the longest delay there is
+    assert settler.calls[0] == ("publish_retry", wire.MAX_RETRY_DELAY)
+
+
+@pytest.mark.parametrize("max_backoff", [1e12, math.inf])
+def test_a_computed_backoff_never_passes_the_maximum_delay(max_backoff: float) -> None:
+    # Given a schedule whose own ceiling is beyond the maximum (or none)
+    middleware = RetryMiddleware(initial_backoff=1e9, max_backoff=max_backoff, jitter=0.1)
+
+    # When / Then
+    assert {middleware.backoff(failed) for failed in (1, 5, 1000)} == {wire.MAX_RETRY_DELAY}
+
+
+async def test_a_worker_raising_retry_later_forever_does_not_hang_the_backend(
+    make_pool: PoolFactory, memory_backend: MemoryBackend, queue_name: str
+) -> None:
+    # Given a worker asking for an infinite delay (refused: it raises ConfigurationError)
+    worker = FailingWorker(lambda: RetryLater(delay=math.inf))
+    pool = make_pool(
+        worker, middleware=[AckNackMiddleware(), RetryMiddleware(max_attempts=2, **FAST)]
+    )
+    await memory_backend.add_message(queue_name, {"order": 1})
+
+    # When the pool runs it, Then the queue drains (join returns) and the DLQ says why
+    await run_until_idle(pool, memory_backend, queue_name, timeout=2, expect_failures=True)
+    [dead] = memory_backend.dead_letters(queue_name)
+    assert "RetryLater(delay=inf)" in dead.headers["x-failure-reason"]
+    assert worker.attempts == [1, 2]
