@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -11,9 +13,11 @@ from aiolimiter import AsyncLimiter
 from .._checks import is_count, is_number
 from ..errors import ConfigurationError
 from ..message import Message
-from .base import CallNext
+from .base import CallNext, StoppedPools, pool_key
 
 __all__ = ["RateLimitMiddleware"]
+
+logger = logging.getLogger("foxwork.rate_limit")
 
 #: Per-key limiters kept at most; the least recently used is forgotten first.
 DEFAULT_MAX_KEYS = 10_000
@@ -25,14 +29,17 @@ class RateLimitMiddleware:
     A leaky bucket (aiolimiter): up to `burst` messages pass at once, then they pass at
     `rate` per second. An over-limit message waits in this layer; it is never failed,
     settled or retried. A waiting message keeps its pool concurrency slot, so a sustained
-    excess pauses intake (prefetch backpressure) instead of piling up in memory.
+    excess pauses intake (prefetch backpressure) instead of piling up in memory. When the
+    pool shuts down, its waiting messages are nacked back to their queue at once (intake
+    has stopped; nothing waits for the shutdown deadline, and no retry attempt is used).
 
     With `key`, each key (a tenant, a customer) gets its own limit. Per-key limiters are
     kept in a least-recently-used map of at most `max_keys` entries; a forgotten key starts
     again with a fresh burst.
 
     Shared state (on purpose): the limiters. Share an instance between pools to limit
-    them together. An instance belongs to one event loop.
+    them together; one pool's shutdown hands back only that pool's waiting messages. An
+    instance belongs to one event loop.
 
     Args:
         rate: messages per second, sustained.
@@ -83,6 +90,11 @@ class RateLimitMiddleware:
         self.max_keys = max_keys
         self._limiter = self._new_limiter()
         self._limiters: collections.OrderedDict[str, AsyncLimiter] = collections.OrderedDict()
+        # The tasks of messages waiting for the limit, with their pool's key; and those
+        # cancelled by `shutdown()` to hand their message back (not by anyone else).
+        self._waiting: dict[asyncio.Task[Any], object] = {}
+        self._released: set[asyncio.Task[Any]] = set()
+        self._stopped = StoppedPools()
 
     def __repr__(self) -> str:
         keyed = ", key=..." if self.key is not None else ""
@@ -113,7 +125,48 @@ class RateLimitMiddleware:
             limiters.move_to_end(key)
         return limiter
 
+    async def startup(self) -> None:
+        self._stopped.started()
+
+    async def shutdown(self) -> None:
+        """A pool stopped intake: its messages waiting for the limit go back to their queues
+        now, instead of waiting for the shutdown deadline (a nack, not a retry)."""
+        pool = self._stopped.stopped()
+        for task, owner in list(self._waiting.items()):
+            if owner is pool and task not in self._released:
+                self._released.add(task)
+                task.cancel()
+
     async def __call__(self, message: Message[Any], call_next: CallNext) -> None:
         key = self.key(message) if self.key is not None else None
-        await self.limiter_for(key).acquire()
+        limiter = self.limiter_for(key)
+        if limiter.has_capacity():
+            await limiter.acquire()  # takes its share of the bucket without waiting
+        elif not await self._wait(limiter):
+            logger.info(
+                "message %s waiting for the rate limit goes back to its queue (the pool is "
+                "shutting down)",
+                message.id,
+            )
+            await message.nack(requeue=True)
+            return
         await call_next(message)
+
+    async def _wait(self, limiter: AsyncLimiter) -> bool:
+        """Wait for the limit; False when the message's pool stopped meanwhile."""
+        if self._stopped.stopping():
+            return False
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting[task] = pool_key()
+        try:
+            await limiter.acquire()
+        except asyncio.CancelledError:
+            if task not in self._released or task.uncancel() > 0:
+                # Cancelled by someone else too (the shutdown deadline): propagate.
+                raise
+            return False
+        finally:
+            del self._waiting[task]
+            self._released.discard(task)
+        return True

@@ -131,3 +131,16 @@ def compression_bomb(encoding: str, mib: int) -> bytes:
     for _ in range(mib):
         adler = zlib.adler32(mebibyte, adler)
     return b"\x78\xda" + deflated + struct.pack(">I", adler)
+
+
+#: Seconds a test waits for a condition before it fails.
+WAIT = 5.0
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = WAIT) -> None:
+    """Wait until `condition()` holds, checking after each turn of the event loop."""
+    async with asyncio.timeout(timeout):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.001)

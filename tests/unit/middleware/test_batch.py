@@ -21,10 +21,7 @@ from foxwork.middleware import (
 )
 from tests.conftest import PoolFactory, run_until_idle
 
-from ..helpers import RecordingWorker, make_message
-
-#: Seconds a test waits for a condition before it fails.
-WAIT = 5.0
+from ..helpers import WAIT, RecordingWorker, eventually, make_message
 
 
 class Boom(Exception):
@@ -51,15 +48,6 @@ class RecordingHandler:
         if self.outcome is not None:
             return self.outcome(batch, len(self.batches))
         return None
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = WAIT) -> None:
-    """Wait until `condition()` holds, checking after each turn of the event loop."""
-    async with asyncio.timeout(timeout):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.001)
 
 
 def unused_worker() -> RecordingWorker:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -29,25 +28,13 @@ from foxwork.middleware import (
 from foxwork.middleware.circuit_breaker import holds_failed_probe
 from tests.conftest import PoolFactory, run_until_idle
 
-from ..helpers import RecordingSettler, make_message, raising, succeed
+from ..helpers import WAIT, RecordingSettler, eventually, make_message, raising, succeed
 
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
-
-#: Seconds a test waits for a condition before it fails.
-WAIT = 5.0
 
 
 class Unavailable(Exception):
     """The dependency is down."""
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = WAIT) -> None:
-    """Wait until `condition()` holds, checking after each turn of the event loop."""
-    async with asyncio.timeout(timeout):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.001)
 
 
 async def trip(breaker: CircuitBreakerMiddleware) -> None:

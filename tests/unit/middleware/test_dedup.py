@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,10 +18,13 @@ from foxwork.middleware import (
 )
 from tests.conftest import PoolFactory, run_until_idle
 
-from ..helpers import FailingWorker, RecordingSettler, RecordingWorker, make_message
-
-#: Seconds a test waits for a condition before it fails.
-WAIT = 5.0
+from ..helpers import (
+    FailingWorker,
+    RecordingSettler,
+    RecordingWorker,
+    eventually,
+    make_message,
+)
 
 
 class Boom(Exception):
@@ -35,15 +37,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = WAIT) -> None:
-    """Wait until `condition()` holds, checking after each turn of the event loop."""
-    async with asyncio.timeout(timeout):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.001)
 
 
 def with_id(message_id: str) -> MessageProperties:

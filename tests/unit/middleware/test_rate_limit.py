@@ -13,7 +13,7 @@ from foxwork.backends import MemoryBackend
 from foxwork.middleware import AckNackMiddleware, RateLimitMiddleware
 from tests.conftest import PoolFactory, run_until_idle
 
-from ..helpers import RecordingWorker, make_message
+from ..helpers import RecordingWorker, eventually, make_message
 
 
 def tenant(message: Message[Any]) -> str:
@@ -143,3 +143,60 @@ async def test_a_pool_of_200_messages_at_50_per_second_with_bursts_of_10_takes_a
     # Then 10 pass at once and 190 at 50/s: 3.8 s
     assert len(worker.payloads) == 200
     assert 3.6 <= elapsed <= 4.4
+
+
+async def test_shutdown_hands_back_the_messages_waiting_for_the_limit_without_its_deadline(
+    make_pool: PoolFactory, memory_backend: MemoryBackend, queue_name: str
+) -> None:
+    # Given a pool limited to one message per 1,000 s, a backlog, and four messages
+    # waiting in the limiter behind the one that passed
+    worker = RecordingWorker()
+    limiter = RateLimitMiddleware(rate=0.001, burst=1)
+    pool = make_pool(worker, middleware=[AckNackMiddleware(), limiter], concurrency_limit=4)
+    for n in range(6):
+        await memory_backend.add_message(queue_name, {"n": n})
+    await pool.start(memory_backend)
+    await eventually(lambda: len(worker.payloads) == 1 and pool.in_flight == 4)
+
+    # When the pool shuts down with an hour's deadline
+    report = await asyncio.wait_for(pool.shutdown(timeout=3600), timeout=5)
+
+    # Then the waiting messages went back to the queue at once, not cancelled at the
+    # deadline: nothing lost, nothing processed twice
+    assert report.requeued == 0
+    assert worker.payloads == [{"n": 0}]
+    assert sorted(m.body for m in memory_backend.messages(queue_name)) == sorted(
+        f'{{"n":{n}}}'.encode() for n in range(1, 6)
+    )
+    assert sum(m.redelivered for m in memory_backend.messages(queue_name)) == 4
+
+
+async def test_a_pool_stopping_leaves_another_pools_waiting_messages_waiting(
+    make_pool: PoolFactory, memory_backend: MemoryBackend, queue_name: str
+) -> None:
+    # Given one limiter shared by two pools, each with a message waiting in it
+    limiter = RateLimitMiddleware(rate=0.001, burst=1)
+    worker_a, worker_b = RecordingWorker(), RecordingWorker()
+    queue_a, queue_b = f"{queue_name}-a", f"{queue_name}-b"
+    pool_a = make_pool(
+        worker_a, middleware=[AckNackMiddleware(), limiter], queues=[queue_a], name="a"
+    )
+    pool_b = make_pool(
+        worker_b, middleware=[AckNackMiddleware(), limiter], queues=[queue_b], name="b"
+    )
+    await memory_backend.add_message(queue_a, {"n": 0})
+    await memory_backend.add_message(queue_a, {"n": 1})
+    await memory_backend.add_message(queue_b, {"n": 2})
+    await pool_a.start(memory_backend)
+    await eventually(lambda: pool_a.in_flight == 1 and len(worker_a.payloads) == 1)
+    await pool_b.start(memory_backend)
+    await eventually(lambda: pool_b.in_flight == 1)
+
+    # When pool A shuts down
+    await asyncio.wait_for(pool_a.shutdown(timeout=3600), timeout=5)
+
+    # Then A's waiting message went back to its queue, and B's still waits in the limiter
+    assert len(memory_backend.messages(queue_a)) == 1
+    assert pool_b.in_flight == 1
+    assert memory_backend.messages(queue_b) == []
+    assert worker_b.payloads == []
