@@ -40,15 +40,20 @@ from aiolimiter import AsyncLimiter
 from . import wire
 from ._redact import redact_url
 from .backends.rabbitmq.config import RabbitMQConsumerConfig
-from .backends.rabbitmq.convert import DEATH_HEADERS
 from .errors import ConfigurationError, ConnectionLost
 
 logger = logging.getLogger("foxwork.dlq")
 
 __all__ = ["DeadLetterInfo", "DeadLetterQueue", "ReplayResult"]
 
-#: Headers foxwork adds to a dead letter; a replayed copy drops them with `x-retry-attempt`.
-_DIAGNOSTIC_HEADERS = (wire.RETRY_ATTEMPT, *wire.DEAD_LETTER_HEADERS, *DEATH_HEADERS)
+#: Headers foxwork and the broker add to a dead letter, and the counts of its attempts and
+#: deliveries: a replayed copy drops them, it starts afresh.
+_DIAGNOSTIC_HEADERS = (
+    wire.RETRY_ATTEMPT,
+    wire.REDELIVERY_COUNT,
+    *wire.DEAD_LETTER_HEADERS,
+    *wire.BROKER_HEADERS,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +148,7 @@ def _describe(message: AbstractIncomingMessage, dlq_name: str) -> DeadLetterInfo
         if why == "delivery_limit":
             reason += " (the message was delivered too often without being settled)"
         exception_type = ""
-        final_attempt = _int(headers.get("x-delivery-count")) or _int(death.get("count"))
+        final_attempt = _int(headers.get(wire.DELIVERY_COUNT)) or _int(death.get("count"))
         when = death.get("time")
         failed_at = when.isoformat() if isinstance(when, datetime) else _text(when)
     properties = {

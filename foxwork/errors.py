@@ -134,4 +134,15 @@ class TopologyConflict(BackendError):
 
 
 class PublishNotConfirmed(BackendError):
-    """The broker did not confirm a publish (nacked, returned as unroutable, or timed out)."""
+    """The broker did not confirm a publish (nacked, returned as unroutable, refused, or
+    timed out).
+
+    Attributes:
+        requeue: whether the original of a copy that was not confirmed goes back to its
+            queue (the default: nothing is lost); False when copies of it were refused so
+            often that it is rejected instead, for the queue's dead-letter exchange.
+    """
+
+    def __init__(self, message: str, *, requeue: bool = True) -> None:
+        super().__init__(message)
+        self.requeue = requeue

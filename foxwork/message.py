@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
+import json
 import logging
-import uuid
 from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from . import codec, wire
-from .errors import BackendError, PoisonMessage
+from .errors import BackendError, PoisonMessage, PublishNotConfirmed
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -137,13 +138,38 @@ class Settler(Protocol):
 
 _UNSET: Any = object()
 
+#: Headers a broker adds or changes on redelivery and dead-lettering, and the crash count
+#: foxwork adds: not part of what a publisher sent, so not part of a message's identity.
+_DELIVERY_HEADERS = frozenset({*wire.BROKER_HEADERS, wire.REDELIVERY_COUNT})
+
+
+def content_id(body: bytes, properties: MessageProperties) -> str:
+    """The id of a message published without a `message_id`: a digest of what the
+    publisher sent (body, properties, headers), so every redelivery of it has the same id.
+
+    Headers the broker adds on redelivery (`x-delivery-count`, `x-death`, ...) are left
+    out. Two messages published with the same body, properties and headers share the id
+    (`DeduplicationMiddleware` then treats the second as a duplicate): publishers that send
+    identical messages on purpose set a `message_id` or a `timestamp`.
+    """
+    fields = {f.name: getattr(properties, f.name) for f in dataclasses.fields(properties)}
+    del fields["message_id"]
+    fields["headers"] = {k: v for k, v in properties.headers.items() if k not in _DELIVERY_HEADERS}
+    canonical = json.dumps(fields, sort_keys=True, default=repr).encode()
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(len(canonical).to_bytes(8, "big"))
+    digest.update(canonical)
+    digest.update(body)
+    return digest.hexdigest()
+
 
 class Message(Generic[P]):
     """One delivery of a message from a queue.
 
     Attributes:
-        id: the AMQP `message_id`; a generated one when the publisher set none (copies
-            foxwork publishes carry it, so a message keeps its id across retries).
+        id: the AMQP `message_id`; when the publisher set none, a digest of the body and
+            properties (`content_id`), the same on every redelivery (copies foxwork
+            publishes carry it, so a message keeps its id across retries).
         body: the raw body.
         properties: the AMQP properties.
         headers: the AMQP headers (the same mapping as `properties.headers`).
@@ -151,7 +177,12 @@ class Message(Generic[P]):
         queue: the queue it was consumed from.
         routing_key: the routing key it was published with.
         exchange: the exchange it was published to ("" for the default exchange).
-        redelivered: the broker delivered it before (a connection died before settlement).
+        redelivered: the broker delivered it before (a connection died before settlement,
+            or a consumer put it back).
+        came_back_unsettled: redelivered, and not because foxwork in this process put it
+            back itself (a copy of it was not confirmed, a shutdown handed it back): the
+            process that had it checked out died or lost its connection (or was another
+            process). What `RetryMiddleware` counts as a crash on a classic queue.
         delivery_count: for quorum queues, how often the broker delivered it before.
         poison: why the message is unprocessable before any code looks at it, or None.
         max_body_size: the most bytes the body may have, as received and once inflated
@@ -166,6 +197,7 @@ class Message(Generic[P]):
         "_state",
         "attempt",
         "body",
+        "came_back_unsettled",
         "delivery_count",
         "delivery_tag",
         "exchange",
@@ -195,6 +227,7 @@ class Message(Generic[P]):
         delivery_tag: int = 0,
         delivery_count: int = 0,
         max_body_size: int = wire.DEFAULT_MAX_BODY_SIZE,
+        came_back_unsettled: bool | None = None,
     ) -> None:
         props = properties or MessageProperties()
         self.body = body
@@ -204,9 +237,12 @@ class Message(Generic[P]):
         self.routing_key = queue if routing_key is None else routing_key
         self.exchange = exchange
         self.redelivered = redelivered
+        self.came_back_unsettled = (
+            redelivered if came_back_unsettled is None else came_back_unsettled
+        )
         self.delivery_tag = delivery_tag
         self.delivery_count = delivery_count
-        self.id: str = props.message_id or uuid.uuid4().hex
+        self.id: str = props.message_id or content_id(body, props)
         self.poison: str | None = None
         self.worker: Worker[Any] | None = None
         self.worker_id: str | None = None
@@ -335,11 +371,30 @@ class Message(Generic[P]):
     async def _republish(self, publish: Any) -> bool:
         try:
             await publish
+        except PublishNotConfirmed as exc:
+            if exc.requeue:
+                await self._requeue_unpublished(exc)
+            else:
+                # The broker refuses every copy of it: rejected, the queue's dead-letter
+                # exchange takes it (foxwork's queues dead-letter to Q-dlq).
+                logger.error("message %s is rejected, not requeued: %s", self.id, exc)
+                self._state = SettleState.REJECTED
+                await self._settler.nack_message(self, requeue=False)
+            return False
         except BackendError as exc:
-            # Not confirmed (or not connected): the original goes back, nothing is lost.
-            logger.warning("message %s goes back to its queue: %s", self.id, exc)
-            self._state = SettleState.REQUEUED
-            await self._settler.nack_message(self, requeue=True)
+            await self._requeue_unpublished(exc)
+            return False
+        except Exception as exc:
+            # A backend that lets something else escape must not leave the delivery
+            # unsettled: it would hold its prefetch slot until the channel closes.
+            logger.error(
+                "message %s: publishing its copy failed unexpectedly (%s: %s)",
+                self.id,
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
+            await self._requeue_unpublished(exc)
             return False
         except BaseException:
             # Cancelled mid-publish (shutdown): the original is still unacked, and settling
@@ -348,3 +403,9 @@ class Message(Generic[P]):
             raise
         await self._settler.ack_message(self)
         return True
+
+    async def _requeue_unpublished(self, exc: BaseException) -> None:
+        # Not confirmed (or not connected): the original goes back, nothing is lost.
+        logger.warning("message %s goes back to its queue: %s", self.id, exc)
+        self._state = SettleState.REQUEUED
+        await self._settler.nack_message(self, requeue=True)

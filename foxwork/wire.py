@@ -22,6 +22,26 @@ from .errors import PoisonMessage
 
 #: Header on every retried copy: how many attempts have failed so far.
 RETRY_ATTEMPT = "x-retry-attempt"
+#: Classic queues: how often a message came back redelivered without being settled (its
+#: worker process died, or lost its connection, with it checked out). Set by
+#: `RetryMiddleware` on a confirmed copy, so the count survives a restart of the process.
+REDELIVERY_COUNT = "x-redelivery-count"
+#: Quorum queues: how often the broker delivered the message before (set on redelivery).
+DELIVERY_COUNT = "x-delivery-count"
+#: Headers the broker adds when it dead-letters a message.
+DEATH_HEADERS = (
+    "x-death",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-last-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+)
+#: Headers the broker sets, not a publisher: its count of deliveries and its dead-letter
+#: history. A retried copy drops them (its history is in `x-retry-attempt`; a stale
+#: `x-delivery-count` would count deliveries the copy never had); a dead letter keeps them.
+BROKER_HEADERS = (DELIVERY_COUNT, *DEATH_HEADERS)
 #: Routing key the original delivery carried.
 ORIGINAL_ROUTING_KEY = "x-original-routing-key"
 #: Exchange the original delivery came through; "" for the default exchange.
@@ -133,6 +153,15 @@ def parse_retry_attempt(headers: Mapping[str, Any]) -> int:
             f"between 0 and {MAX_RETRY_ATTEMPT}"
         )
     return value
+
+
+def parse_redelivery_count(headers: Mapping[str, Any]) -> int:
+    """Unsettled redeliveries counted so far, from `x-redelivery-count` (0 when absent or
+    not a non-negative integer: a count that cannot be read starts over)."""
+    raw = headers.get(REDELIVERY_COUNT)
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+        return 0
+    return min(raw, MAX_RETRY_ATTEMPT)
 
 
 def exception_type_name(exc: BaseException) -> str:

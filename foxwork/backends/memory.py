@@ -37,6 +37,8 @@ class StoredMessage:
     routing_key: str
     exchange: str = ""
     redelivered: bool = False
+    #: Put back by a nack (foxwork's own requeue), not by a lost connection.
+    handed_back: bool = False
 
     @property
     def headers(self) -> Mapping[str, Any]:
@@ -171,6 +173,7 @@ class MemoryBackend(Backend):
         for queue, _consumer, stored in self._deliveries.values():
             queue.unacked -= 1
             stored.redelivered = True
+            stored.handed_back = False
             queue.messages.appendleft(stored)
             queue.notify()
         self._deliveries.clear()
@@ -298,6 +301,7 @@ class MemoryBackend(Backend):
             routing_key=stored.routing_key,
             exchange=stored.exchange,
             redelivered=stored.redelivered,
+            came_back_unsettled=stored.redelivered and not stored.handed_back,
             delivery_tag=tag,
             max_body_size=self.max_body_size,
         )
@@ -318,7 +322,7 @@ class MemoryBackend(Backend):
     def _requeue(self, message: Message[Any]) -> None:
         stored = self._settle(message)
         if stored is not None:
-            stored.redelivered = True
+            stored.redelivered = stored.handed_back = True
             queue = self._queue(message.queue)
             queue.messages.appendleft(stored)
             queue.notify()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import logging
 import math
 import random
@@ -34,8 +33,6 @@ DEFAULT_JITTER = 0.1
 #: Deliveries of one message that ended without settlement (a crash loop) before it is
 #: dead-lettered; see `max_redeliveries`.
 DEFAULT_MAX_REDELIVERIES = 5
-#: Message ids remembered for counting unsettled redeliveries on classic queues.
-_REDELIVERY_MEMORY = 10_000
 
 
 class RetryMiddleware:
@@ -50,11 +47,22 @@ class RetryMiddleware:
     `RetryLater(delay)` uses its own delay; `DeadLetter` and poison messages skip the
     retries; `Drop` passes through.
 
-    Crash loops (the process dies before it settles) are the broker's to see: on quorum
-    queues the broker's delivery limit dead-letters the message. On classic queues this
-    middleware counts the redeliveries it sees per message id (in this process; requeues
-    foxwork made itself because a copy was not confirmed do not count) and dead-letters a
-    message once it has been redelivered `max_redeliveries` times.
+    Crash loops (the process dies before it settles) are counted on the broker, so the
+    count survives the crash. On quorum queues the broker's delivery limit dead-letters the
+    message. On classic queues the broker only marks a delivery `redelivered`: this
+    middleware then does not process it, but publishes a confirmed copy with
+    `x-redelivery-count` raised by one through the retry queue (the crash counts as a
+    failed attempt) and acks it; the copy is processed when it comes back. A message
+    redelivered `max_redeliveries` times goes to `Q-dlq` unprocessed, with a reason saying
+    so. This works for messages without a `message_id` too (their id is a digest of their
+    content, the same on every delivery).
+
+    What counts on a classic queue is a delivery that `came_back_unsettled`: a message
+    foxwork put back itself in this process (its copy was not confirmed) does not count; one
+    checked out when a connection dropped counts once, as does one handed back at a
+    graceful shutdown when another process receives it (it would have to be caught so
+    `max_redeliveries` times in a row to be dead-lettered). Quorum queues count every
+    return alike; they are the recommended choice when crash loops matter.
 
     Args:
         max_attempts: total deliveries, the first included (1 = never retry).
@@ -63,8 +71,8 @@ class RetryMiddleware:
             at most, whatever is given.
         backoff_multiplier: growth of the delay per attempt.
         jitter: random spread as a fraction of the delay, 0 to 1.
-        max_redeliveries: unsettled redeliveries seen before dead-lettering (classic
-            queues); None disables the count.
+        max_redeliveries: redeliveries without settlement before dead-lettering (classic
+            queues; `x-redelivery-count`); None disables the count.
 
     Example:
         RetryMiddleware(max_attempts=5, initial_backoff=1.0, max_backoff=60.0)
@@ -117,11 +125,6 @@ class RetryMiddleware:
         self._wait = wait_exponential(
             multiplier=initial_backoff, exp_base=backoff_multiplier, max=max_backoff
         )
-        # Shared on purpose across messages: redeliveries seen per message id.
-        self._redeliveries: collections.OrderedDict[str, int] = collections.OrderedDict()
-        # Ids whose copy was not confirmed, so foxwork requeued them: their next redelivery
-        # is not a crash.
-        self._own_requeues: set[str] = set()
 
     def __repr__(self) -> str:
         return (
@@ -139,31 +142,46 @@ class RetryMiddleware:
             delay *= 1 + random.uniform(-self.jitter, self.jitter)
         return min(max(delay, 0.0), self.max_backoff, wire.MAX_RETRY_DELAY)
 
-    def _crash_looping(self, message: Message[Any]) -> str | None:
-        limit = self.max_redeliveries
+    def _crashes(self, message: Message[Any]) -> int | None:
+        """How often this classic-queue message came back without being settled, this
+        delivery included; None when the delivery is no crash to count."""
         # On quorum queues (delivery_count set) the broker's delivery limit is the authority.
-        if limit is None or not message.redelivered or message.delivery_count:
+        limit = self.max_redeliveries
+        if limit is None or not message.came_back_unsettled or message.delivery_count:
             return None
-        if message.id in self._own_requeues:
-            # foxwork put it back itself (its retry copy was not confirmed): not a crash.
-            self._own_requeues.discard(message.id)
-            return None
-        seen = self._redeliveries.pop(message.id, 0) + 1
-        self._redeliveries[message.id] = seen
-        if len(self._redeliveries) > _REDELIVERY_MEMORY:
-            self._redeliveries.popitem(last=False)
-        if seen < limit:
-            return None
-        return (
-            f"redelivered {seen} times without being settled (max_redeliveries={limit}): "
-            "the worker process probably crashes on this message"
+        return wire.parse_redelivery_count(message.headers) + 1
+
+    async def _handle_crash(self, message: Message[Any], crashes: int) -> None:
+        """Dead-letter a crash-looping message, or count the crash on a confirmed copy
+        (the count must outlive the process that crashes) and ack the delivery."""
+        limit = self.max_redeliveries
+        if limit is not None and crashes >= limit:
+            reason = (
+                f"redelivered {crashes} times without being settled (max_redeliveries={limit}): "
+                "the worker process probably crashes on this message"
+            )
+            logger.warning("message %s: %s; dead-lettering", message.id, reason)
+            await message.dead_letter(DeadLetter(reason))
+            raise DeadLetter(reason)
+        # The copy comes back through the retry queue with the count in its headers; the
+        # crash counts as a failed attempt.
+        message.properties = message.properties.with_header(wire.REDELIVERY_COUNT, crashes)
+        message.headers = message.properties.headers
+        delay = self.backoff(crashes)
+        logger.warning(
+            "message %s came back unsettled (%d time(s): its worker process died or lost "
+            "its connection); it is tried again in %.3g s",
+            message.id,
+            crashes,
+            delay,
         )
+        await message.retry(delay)
 
     async def __call__(self, message: Message[Any], call_next: CallNext) -> None:
-        crash_loop = self._crash_looping(message)
-        if crash_loop is not None:
-            await message.dead_letter(DeadLetter(crash_loop))
-            raise DeadLetter(crash_loop)
+        crashes = self._crashes(message)
+        if crashes is not None:
+            await self._handle_crash(message, crashes)
+            return
         try:
             await call_next(message)
         except Drop:
@@ -186,7 +204,7 @@ class RetryMiddleware:
                     message.attempt,
                     self.max_attempts,
                 )
-                confirmed = await message.dead_letter(exc)
+                await message.dead_letter(exc)
             else:
                 if isinstance(exc, RetryLater):
                     delay = min(exc.delay, wire.MAX_RETRY_DELAY)
@@ -199,10 +217,5 @@ class RetryMiddleware:
                     self.max_attempts,
                     delay,
                 )
-                confirmed = await message.retry(delay)
-            if not confirmed and len(self._own_requeues) < _REDELIVERY_MEMORY:
-                self._own_requeues.add(message.id)
+                await message.retry(delay)
             raise
-        else:
-            if message.redelivered and self._redeliveries:
-                self._redeliveries.pop(message.id, None)

@@ -6,12 +6,15 @@ make_backend   factory of connected `RabbitMQBackend`s consuming `queue_name`, n
 backend        one such backend with the default settings
 start_pool     factory of started `WorkerPool`s (AckNack + Retry by default); shut down
                at teardown, before the backends close
+make_user      factory of extra broker users (own permissions); deleted at teardown
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, Protocol
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 
@@ -19,6 +22,7 @@ from foxwork import Worker, WorkerPool
 from foxwork.backends.base import Backend
 from foxwork.backends.rabbitmq import RabbitMQBackend
 from foxwork.middleware import AckNackMiddleware, Middleware, RetryMiddleware
+from tests.harness.rabbitmq import RabbitMQNode
 
 from .support import RabbitProbe, delete_topology
 
@@ -26,6 +30,10 @@ from .support import RabbitProbe, delete_topology
 TEARDOWN_SHUTDOWN_TIMEOUT = 5.0
 
 BackendFactory = Callable[..., Awaitable[RabbitMQBackend]]
+#: `make_user(configure=".*", write=".*", read=".*") -> (user name, AMQP URL as that user)`
+UserFactory = Callable[..., tuple[str, str]]
+
+_user_numbers = itertools.count(1)
 
 
 class PoolStarter(Protocol):
@@ -110,3 +118,24 @@ async def start_pool(make_backend: BackendFactory) -> AsyncIterator[PoolStarter]
     yield start
     for pool in pools:
         await pool.shutdown(timeout=TEARDOWN_SHUTDOWN_TIMEOUT)
+
+
+@pytest.fixture
+def make_user(rabbitmq_node: RabbitMQNode, rabbitmq_url: str) -> Iterator[UserFactory]:
+    """Factory of broker users on the throwaway node, with the given permission patterns
+    on vhost `/`; each is deleted at teardown."""
+    users: list[str] = []
+
+    def factory(*, configure: str = ".*", write: str = ".*", read: str = ".*") -> tuple[str, str]:
+        user = f"foxwork-test-user-{next(_user_numbers)}"
+        password = f"{user}-password"
+        rabbitmq_node.ctl("add_user", user, password)
+        users.append(user)
+        rabbitmq_node.ctl("set_permissions", "-p", "/", user, configure, write, read)
+        parts = urlsplit(rabbitmq_url)
+        netloc = f"{quote(user)}:{quote(password)}@{parts.hostname}:{parts.port}"
+        return user, urlunsplit(parts._replace(netloc=netloc))
+
+    yield factory
+    for user in users:
+        rabbitmq_node.ctl("delete_user", user)

@@ -69,18 +69,26 @@ def test_a_first_delivery_is_attempt_one_and_a_retried_copy_counts_failed_attemp
     assert first.poison is None and third.poison is None
 
 
-def test_a_message_without_a_message_id_gets_a_generated_one_and_keeps_a_given_one() -> None:
-    # Given
+def test_a_message_without_a_message_id_is_known_by_its_content_on_every_delivery() -> None:
+    # Given two deliveries of one id-less message, another id-less message, and a named one
     settler = RecordingSettler()
-    anonymous = make_message(settler=settler)
-    named = make_message(settler=settler)
-    named_props = MessageProperties(message_id="order-42")
+    first = Message(b'{"n": 1}', settler=settler, properties=MessageProperties())
+    redelivered = Message(
+        b'{"n": 1}',
+        settler=settler,
+        properties=MessageProperties(headers={"x-delivery-count": 1}),
+        redelivered=True,
+    )
+    other = Message(b'{"n": 2}', settler=settler, properties=MessageProperties())
 
     # When
-    given: Message[Any] = Message(b"", settler=settler, properties=named_props)
+    given: Message[Any] = Message(
+        b'{"n": 1}', settler=settler, properties=MessageProperties(message_id="order-42")
+    )
 
-    # Then
-    assert anonymous.id and anonymous.id != named.id
+    # Then the id-less deliveries share an id the broker's bookkeeping does not change
+    assert first.id and first.id == redelivered.id
+    assert other.id != first.id
     assert given.id == "order-42"
 
 

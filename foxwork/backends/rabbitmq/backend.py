@@ -10,9 +10,13 @@ has a channel of its own (`consumer.py`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import dataclasses
 import logging
 import random
+import struct
+from collections.abc import Awaitable
 from typing import Any
 
 import aio_pika
@@ -31,10 +35,20 @@ from ._io import TRANSPORT_ERRORS, mapped, settle_on
 from .acks import AckCoalescer
 from .config import RabbitMQConsumerConfig, UrlOrder
 from .consumer import RabbitConsumer
-from .convert import DEATH_HEADERS, to_amqp_properties
+from .convert import connection_user, copyable_user_id, to_amqp_properties
+from .publishing import (
+    REFUSALS,
+    REFUSED_COPY_LIMIT,
+    CopyRefused,
+    PublisherChannels,
+    RefusedCopies,
+)
 from .topology import Topology
 
 __all__ = ["RabbitMQBackend"]
+
+#: Ids of messages put back by this backend that are remembered (see `took_back`).
+HANDED_BACK_MEMORY = 10_000
 
 logger = logging.getLogger("foxwork.backends.rabbitmq")
 
@@ -63,9 +77,11 @@ class RabbitMQBackend(Backend):
         self.topology = Topology(config)
         self._connection: AbstractConnection | None = None
         self._url: str | None = None
-        self._publisher: RawChannel | None = None
-        # The publisher and topology channels are opened once, however many callers need
-        # them at the same moment.
+        self._publishers = PublisherChannels(self._open_publisher_channel)
+        self._refused_copies = RefusedCopies()
+        # Ids of messages this backend put back itself (nack with requeue), oldest first.
+        self._handed_back: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # The topology channel is opened once, however many callers need it at once.
         self._channel_opening = asyncio.Lock()
         self._topology_channel: AbstractChannel | None = None
         self._consumers: list[RabbitConsumer] = []
@@ -128,7 +144,7 @@ class RabbitMQBackend(Backend):
                 continue
             self._connection = connection
             self._url = url
-            self._publisher = None
+            self._publishers.forget()
             self._topology_channel = None
             self.topology.forget()
             connection.close_callbacks.add(self._on_connection_closed)
@@ -269,45 +285,41 @@ class RabbitMQBackend(Backend):
 
     # -- publishing ------------------------------------------------------------------
 
-    async def _raw_publisher(self) -> RawChannel:
-        channel = self._publisher
-        if channel is not None and not channel.is_closed:
-            return channel
-        async with self._channel_opening:
-            # Publishes that arrive together while there is no open channel share the one
-            # the first of them opens.
-            channel = self._publisher
-            if channel is None or channel.is_closed:
-                connection = self._require_connection()
-                async with mapped("opening the publisher channel"):
-                    pika_channel = await connection.channel(
-                        publisher_confirms=True, on_return_raises=True
-                    )
-                    channel = await pika_channel.get_underlay_channel()
-                self._publisher = channel
-            return channel
+    async def _open_publisher_channel(self) -> RawChannel:
+        connection = self._require_connection()
+        async with mapped("opening a publisher channel"):
+            pika_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            return await pika_channel.get_underlay_channel()
 
     async def _publish(
         self, exchange: str, routing_key: str, body: bytes, properties: MessageProperties
     ) -> None:
         where = f"exchange {exchange!r} with routing key {routing_key!r}"
         try:
-            channel = await self._raw_publisher()
-            confirm = await channel.basic_publish(
-                body,
-                exchange=exchange,
-                routing_key=routing_key,
-                properties=to_amqp_properties(properties),
-                mandatory=True,
-                timeout=self.config.publish_timeout,
-            )
+            # One publish per message id per channel: a basic.return is then charged to
+            # exactly the publish it belongs to (see `publishing.py`).
+            async with self._publishers.channel_for(properties.message_id) as channel:
+                confirm = await channel.basic_publish(
+                    body,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    properties=to_amqp_properties(properties),
+                    mandatory=True,
+                    timeout=self.config.publish_timeout,
+                )
         except aiormq.exceptions.PublishError as exc:
             raise PublishNotConfirmed(f"unroutable: no queue is bound for {where}") from exc
         except aiormq.exceptions.ChannelNotFoundEntity as exc:
             raise PublishNotConfirmed(f"publish to {where} failed: {exc}") from exc
+        except REFUSALS as exc:
+            raise CopyRefused(f"the broker refused the publish to {where}: {exc}") from exc
         except (BackendError, *TRANSPORT_ERRORS, TimeoutError) as exc:
             reason = str(exc) or type(exc).__name__
             raise PublishNotConfirmed(f"publish to {where} not confirmed: {reason}") from exc
+        except (TypeError, ValueError, OverflowError, struct.error) as exc:
+            # pamqp cannot encode the message (a property or header value of a type AMQP
+            # has no field for): it would fail the same way every time.
+            raise CopyRefused(f"cannot encode the publish to {where}: {exc}") from exc
         if not isinstance(confirm, Basic.Ack):
             raise PublishNotConfirmed(f"the broker refused the publish to {where} (nack)")
 
@@ -321,13 +333,45 @@ class RabbitMQBackend(Backend):
     ) -> None:
         await self._publish(exchange, routing_key, body, properties or MessageProperties())
 
+    async def _publish_copy(self, message: Message[Any], publish: Awaitable[None]) -> None:
+        """Await the publish of a copy of `message`. A copy that was not confirmed delays
+        its original's requeue a little more each time; one the broker refused
+        `REFUSED_COPY_LIMIT` times has its original rejected instead (see `publishing.py`)."""
+        try:
+            await publish
+        except PublishNotConfirmed as exc:
+            if not self.is_connected:
+                raise  # nothing to wait for: the original is redelivered after a reconnect
+            count, pause = self._refused_copies.refused(message.id)
+            if isinstance(exc, CopyRefused) and count >= REFUSED_COPY_LIMIT:
+                exc.requeue = False
+                exc.args = (
+                    f"{exc}; refused {count} times: rejected, for the dead-letter exchange "
+                    f"of {message.queue!r}",
+                )
+                raise
+            await asyncio.sleep(pause)
+            raise
+        self._refused_copies.confirmed(message.id)
+
+    def _copy_properties(self, message: Message[Any], headers: dict[str, Any]) -> MessageProperties:
+        properties = copy_properties(message, headers)
+        user_id = copyable_user_id(properties.user_id, connection_user(self._url or ""))
+        if user_id != properties.user_id:
+            # The broker would refuse every copy: it checks user_id against the connection.
+            properties = dataclasses.replace(properties, user_id=user_id)
+        return properties
+
     async def publish_retry(self, message: Message[Any], *, delay: float) -> None:
+        await self._publish_copy(message, self._publish_retry(message, delay=delay))
+
+    async def _publish_retry(self, message: Message[Any], *, delay: float) -> None:
         names = self.config.names(message.queue)
-        headers = {k: v for k, v in message.headers.items() if k not in DEATH_HEADERS}
+        headers = {k: v for k, v in message.headers.items() if k not in wire.BROKER_HEADERS}
         headers = wire.retry_headers(
             headers, message.attempt, routing_key=message.routing_key, exchange=message.exchange
         )
-        properties = copy_properties(message, headers)
+        properties = self._copy_properties(message, headers)
         if not self.config.enable_delayed_retry:
             await self._publish("", message.queue, message.body, properties)
             return
@@ -348,8 +392,10 @@ class RabbitMQBackend(Backend):
 
     async def publish_dead_letter(self, message: Message[Any], headers: dict[str, Any]) -> None:
         names = self.config.names(message.queue)
-        properties = copy_properties(message, headers)
-        await self._publish("", names.dead_letter_queue, message.body, properties)
+        properties = self._copy_properties(message, headers)
+        await self._publish_copy(
+            message, self._publish("", names.dead_letter_queue, message.body, properties)
+        )
 
     # -- settlement ------------------------------------------------------------------
 
@@ -408,6 +454,22 @@ class RabbitMQBackend(Backend):
             await self._nack(message.raw.channel, message.delivery_tag, requeue=requeue)
         except TRANSPORT_ERRORS as exc:
             self._settle_failed(message, "nack", exc)
+            return
+        if requeue:
+            self._handed_back[message.id] = None
+            if len(self._handed_back) > HANDED_BACK_MEMORY:
+                self._handed_back.popitem(last=False)
+
+    def took_back(self, message: Message[Any]) -> bool:
+        """Whether this redelivered `message` is one this backend put back itself (so it
+        did not come back unsettled); each hand-back answers once."""
+        if not self._handed_back:
+            return False
+        try:
+            del self._handed_back[message.id]
+        except KeyError:
+            return False
+        return True
 
     def health(self) -> dict[str, Any]:
         return {

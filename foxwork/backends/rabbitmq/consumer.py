@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from aiormq.abc import AbstractChannel as RawChannel
 from aiormq.abc import DeliveredMessage
 
+from ... import wire
 from ...errors import BackendError
 from ...message import Message
 from ..base import Consumer, Handler, offer_of
@@ -19,16 +20,40 @@ from .convert import to_message
 if TYPE_CHECKING:
     from .backend import RabbitMQBackend
 
-__all__ = ["CONSUMER_RESTORE_DELAY", "RabbitConsumer", "nack_quietly", "tag_of"]
+__all__ = ["CONSUMER_RESTORE_DELAY", "RabbitConsumer", "is_suspect", "nack_quietly", "tag_of"]
 
 logger = logging.getLogger("foxwork.backends.rabbitmq")
 
 #: Seconds between attempts to re-establish a consumer the broker cancelled.
 CONSUMER_RESTORE_DELAY = 1.0
+#: Deliveries checked out at a time while crash suspects come in (see `RabbitConsumer`).
+CAREFUL_PREFETCH = 1
+
+
+def is_suspect(message: Message[Any]) -> bool:
+    """True for a message that may have killed a worker process: it was delivered before
+    and never settled (`came_back_unsettled`, a quorum queue's `x-delivery-count`), or it
+    is a copy counting such redeliveries (`x-redelivery-count`, classic queues)."""
+    return (
+        message.came_back_unsettled
+        or message.delivery_count > 0
+        or wire.REDELIVERY_COUNT in message.headers
+    )
 
 
 class RabbitConsumer(Consumer):
-    """One queue's subscription on its own channel (prefetch is per channel)."""
+    """One queue's subscription on its own channel (prefetch is per channel).
+
+    A crash redelivers every message its process had checked out, and on a quorum queue
+    each of those deliveries counts towards the delivery limit, the innocent ones too. So
+    the consumer is careful with suspects (`is_suspect`): it subscribes with a prefetch of
+    one (`CAREFUL_PREFETCH`) and takes the full prefetch only once a delivery that is no
+    suspect arrives; a suspect arriving at full prefetch brings it back to one. With one
+    message checked out, a message that kills the process is the only one the broker
+    counts. (RabbitMQ applies `basic.qos` to consumers created after it: each change is
+    `basic.cancel`, `basic.qos`, `basic.consume` on the same channel, made while the
+    delivery that asks for it is held, so none is lost.)
+    """
 
     def __init__(
         self, backend: RabbitMQBackend, queue: str, handler: Handler, prefetch: int
@@ -46,6 +71,8 @@ class RabbitConsumer(Consumer):
         self._cancelled = False
         self._intake_task: asyncio.Task[None] | None = None
         self._restore_task: asyncio.Task[None] | None = None
+        # Subscribed with CAREFUL_PREFETCH (True) or the full prefetch.
+        self._careful = True
 
     @property
     def active(self) -> bool:
@@ -68,7 +95,10 @@ class RabbitConsumer(Consumer):
         try:
             async with mapped(f"consuming {self.queue!r}"):
                 await channel
-                await channel.set_qos(prefetch_count=self._prefetch)
+                # Careful from the start: after a crash or a reconnect the suspects come
+                # first (see the class docstring).
+                self._careful = True
+                await channel.set_qos(prefetch_count=CAREFUL_PREFETCH)
                 raw = await channel.get_underlay_channel()
                 raw.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
                 # Before consuming: the first delivery may be handled before consume() returns.
@@ -99,10 +129,18 @@ class RabbitConsumer(Consumer):
             await nack_quietly(backend, delivered)
             return
         message = to_message(delivered, self.queue, backend, backend.config.max_body_size)
+        if message.redelivered and backend.took_back(message):
+            message.came_back_unsettled = False
         # Straight into the pool when it has room and nothing waits before this delivery
         # (the processing runs in the pool's own task, never in aiormq's); otherwise in
-        # order through the buffer.
-        if self._buffer.empty() and self._offer is not None and self._offer(message):
+        # order through the buffer, as is a delivery that changes the prefetch (`_intake`
+        # does that before handing it over).
+        if (
+            self._buffer.empty()
+            and self._careful == is_suspect(message)
+            and self._offer is not None
+            and self._offer(message)
+        ):
             return
         self._buffer.put_nowait(message)
 
@@ -113,6 +151,7 @@ class RabbitConsumer(Consumer):
             if delivered.channel.is_closed:
                 continue  # its channel died: the broker redelivers it
             try:
+                await self._set_careful(is_suspect(message), delivered.channel)
                 await self._handler(message)
             except BaseException as exc:
                 if message.worker is None and not message.settled:
@@ -123,6 +162,47 @@ class RabbitConsumer(Consumer):
                 # resilient backend's watchdog) replaces this consumer.
                 logger.exception("the intake of the consumer of %r failed", self.queue)
                 return
+
+    async def _set_careful(self, careful: bool, channel: RawChannel) -> None:
+        """Subscribe again with the prefetch of careful (or normal) mode, if it changes.
+
+        Called while a delivery of the channel is held unsettled: from careful mode its one
+        delivery fills the window, so the broker has nothing in flight to this subscription
+        when it is cancelled (and deliveries sent before the `basic.cancel-ok` still reach
+        `_on_delivery`, which aiormq calls in frame order).
+        """
+        if careful == self._careful or self._cancelled or channel is not self._channel:
+            return
+        prefetch = CAREFUL_PREFETCH if careful else self._prefetch
+        tag = self._tag
+        try:
+            async with mapped(f"changing the prefetch of {self.queue!r} to {prefetch}"):
+                if tag is not None:
+                    await channel.basic_cancel(tag)
+                await channel.basic_qos(prefetch_count=prefetch)
+                ok = await channel.basic_consume(
+                    self.queue,
+                    self._on_delivery,
+                    consumer_tag=self._backend._next_consumer_tag(self.queue),
+                )
+        except BackendError as exc:
+            # The channel is gone: the watchdog or the reconnect subscribes again.
+            logger.warning("%s", exc)
+            return
+        self._careful = careful
+        self._tag = ok.consumer_tag
+        if self._cancelled:
+            # cancel() ran while this subscribed again: the new subscription goes too.
+            with contextlib.suppress(*TRANSPORT_ERRORS, TimeoutError):
+                await channel.basic_cancel(ok.consumer_tag, timeout=5)
+        logger.info(
+            "consumer of %r: prefetch %d (%s)",
+            self.queue,
+            prefetch,
+            "a delivery came back unsettled: one message at a time"
+            if careful
+            else "no more redelivered messages",
+        )
 
     def _on_broker_cancel(self, frame: Any) -> None:
         if frame.consumer_tag != self._tag or self._cancelled:

@@ -2,26 +2,56 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
+from ... import wire
 from ...message import Message, MessageProperties, Settler
 
-__all__ = ["from_amqp_properties", "to_amqp_properties", "to_message"]
+__all__ = [
+    "connection_user",
+    "copyable_user_id",
+    "encodable_headers",
+    "from_amqp_properties",
+    "to_amqp_properties",
+    "to_message",
+]
 
-#: Headers the broker adds when it dead-letters a message; a retried copy drops them (its
-#: history is in `x-retry-attempt`), a dead letter keeps them.
-DEATH_HEADERS = (
-    "x-death",
-    "x-first-death-exchange",
-    "x-first-death-queue",
-    "x-first-death-reason",
-    "x-last-death-exchange",
-    "x-last-death-queue",
-    "x-last-death-reason",
-)
+#: The user RabbitMQ (and aio-pika) log in as when a URL names none.
+DEFAULT_USER = "guest"
+
+
+def connection_user(url: str) -> str:
+    """The user a connection to `url` logs in as."""
+    user = urlsplit(url).username
+    return unquote(user) if user else DEFAULT_USER
+
+
+def copyable_user_id(user_id: str | None, user: str) -> str | None:
+    """The `user_id` a copy published as `user` may carry: the original's when it names
+    `user`, otherwise none. RabbitMQ refuses (PRECONDITION_FAILED, closing the channel) a
+    publish whose `user_id` is not the connection's user, so a copy keeping a foreign one
+    could never be published."""
+    return user_id if user_id == user else None
+
+
+def encodable_headers(value: Any) -> Any:
+    """`value` with every `bytes` in it, at any depth, as `bytearray`.
+
+    pamqp decodes a long string that is not UTF-8 as `bytes` but cannot encode `bytes`
+    again; as a `bytearray` it goes out as an AMQP byte array with the same bytes.
+    """
+    if isinstance(value, bytes):
+        return bytearray(value)
+    if isinstance(value, Mapping):
+        return {k: encodable_headers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [encodable_headers(v) for v in value]
+    return value
 
 
 def from_amqp_properties(props: Basic.Properties) -> MessageProperties:
@@ -52,7 +82,7 @@ def to_amqp_properties(props: MessageProperties) -> Basic.Properties:
     return Basic.Properties(
         content_type=props.content_type,
         content_encoding=props.content_encoding,
-        headers=dict(props.headers) if props.headers else None,
+        headers=encodable_headers(props.headers) if props.headers else None,
         delivery_mode=props.delivery_mode,
         priority=props.priority,
         correlation_id=props.correlation_id,
@@ -72,7 +102,7 @@ def to_message(
     """A delivery from `queue` → `Message` (the delivery rides along as `message.raw`)."""
     delivery: Any = delivered.delivery
     properties = from_amqp_properties(delivered.header.properties)
-    count = properties.headers.get("x-delivery-count", 0)
+    count = properties.headers.get(wire.DELIVERY_COUNT, 0)
     message: Message[Any] = Message(
         delivered.body,
         settler=settler,

@@ -130,6 +130,7 @@ async def test_a_nack_with_requeue_redelivers_first_and_marked_redelivered(
     # Then
     again = await inbox.next()
     assert again.payload == "a" and again.redelivered
+    assert not again.came_back_unsettled  # foxwork put it back itself: no crash
     await again.ack()
     assert (await inbox.next()).payload == "b"
 
@@ -266,6 +267,12 @@ async def test_close_puts_unsettled_deliveries_back_marked_redelivered(queue_nam
     [stored] = backend.messages(queue_name)
     assert stored.redelivered
     assert backend.depth(queue_name) == 1
+    # and the next delivery says it came back unsettled (its consumer's connection died)
+    await backend.connect()
+    await backend.consume(queue_name, inbox, prefetch=1)
+    again = await inbox.next()
+    assert again.redelivered and again.came_back_unsettled
+    await backend.close()
 
 
 async def test_cancel_stops_delivering_and_is_idempotent(

@@ -12,6 +12,7 @@ from foxwork import (
     ConfigurationError,
     DeadLetter,
     Drop,
+    Message,
     MessageProperties,
     PoisonMessage,
     RetryLater,
@@ -204,50 +205,71 @@ async def test_an_unconfirmed_retry_copy_requeues_the_original() -> None:
 # -- crash loops ------------------------------------------------------------------------
 
 
-async def test_a_message_redelivered_max_redeliveries_times_is_dead_lettered() -> None:
-    # Given a classic queue redelivering the same message after each crash
-    middleware = RetryMiddleware(max_redeliveries=3)
-    settlers = [RecordingSettler() for _ in range(3)]
-    processed = []
+class CopySettler(RecordingSettler):
+    """Records the headers of each retry copy, as the broker would deliver them next."""
 
-    async def worker(message: Any) -> None:
-        processed.append(message.id)
-        raise SystemExit  # the process "dies": nothing settles the delivery
+    def __init__(self) -> None:
+        super().__init__()
+        self.copies: list[dict[str, Any]] = []
 
-    # When it comes back redelivered three times
-    outcomes = []
-    for settler in settlers:
-        message = make_message(settler=settler, redelivered=True, message_id="order-7")
+    async def publish_retry(self, message: Message[Any], *, delay: float) -> None:
+        await super().publish_retry(message, delay=delay)
+        self.copies.append(dict(message.headers))
+
+
+async def crashing(message: Message[Any]) -> None:
+    raise SystemExit  # the process "dies": nothing settles the delivery
+
+
+async def test_a_redelivered_classic_message_is_counted_on_a_copy_not_processed() -> None:
+    # Given a message redelivered by a classic queue (its process died holding it)
+    settler = CopySettler()
+    message = make_message(settler=settler, redelivered=True, message_id="order-7")
+
+    # When it reaches the middleware
+    await RetryMiddleware(max_redeliveries=3)(message, crashing)
+
+    # Then it is not processed: a copy counting the crash is retried, and the delivery acked
+    assert settler.names == ["publish_retry", "ack"]
+    assert settler.copies[0]["x-redelivery-count"] == 1
+    assert message.state is SettleState.RETRIED
+
+
+async def test_the_crash_count_survives_a_restart_and_dead_letters_the_message() -> None:
+    # Given a message that kills its process on every delivery, each process with a new
+    # middleware (nothing survives in memory)
+    headers: dict[str, Any] = {}
+    processed = 0
+    outcome = ""
+    for _ in range(10):
+        settler = CopySettler()
+        first = make_message(settler=settler, headers=headers)  # the copy, delivered fresh
+        with pytest.raises(SystemExit):
+            await RetryMiddleware(max_redeliveries=3)(first, crashing)
+        processed += 1
+        # When the next process gets it redelivered
+        again = make_message(settler=settler, headers=headers, redelivered=True)
         try:
-            await middleware(message, worker)
-        except SystemExit:
-            outcomes.append("crashed")
+            await RetryMiddleware(max_redeliveries=3)(again, crashing)
         except DeadLetter as exc:
-            outcomes.append(str(exc))
+            outcome = str(exc)
+            break
+        headers = settler.copies[-1]
 
-    # Then the first two reach the worker and the third goes to the DLQ unprocessed
-    assert outcomes[:2] == ["crashed", "crashed"]
-    assert "redelivered 3 times" in outcomes[2]
-    assert len(processed) == 2
-    assert settlers[2].names == ["publish_dead_letter", "ack"]
-    assert "max_redeliveries=3" in settlers[2].calls[0][1]["x-failure-reason"]
+    # Then its third redelivery goes to the DLQ unprocessed, saying why
+    assert processed == 3
+    assert "redelivered 3 times without being settled (max_redeliveries=3)" in outcome
+    assert settler.names == ["publish_dead_letter", "ack"]
+    assert "max_redeliveries=3" in settler.calls[0][1]["x-failure-reason"]
 
 
-async def test_a_redelivered_message_that_succeeds_is_forgotten() -> None:
-    # Given a message that crashed twice and then succeeded
-    middleware = RetryMiddleware(max_redeliveries=3)
-    for _ in range(2):
-        await middleware(make_message(redelivered=True, message_id="order-8"), succeed)
+async def test_a_message_without_id_keeps_its_id_across_redeliveries() -> None:
+    # Given a message published without a message id, delivered, then redelivered
+    first = make_message(b'{"order": 1}', message_id=None)
+    again = make_message(b'{"order": 1}', message_id=None, redelivered=True)
 
-    # When it is redelivered twice more
-    settler = RecordingSettler()
-    for _ in range(2):
-        await middleware(
-            make_message(settler=settler, redelivered=True, message_id="order-8"), succeed
-        )
-
-    # Then the count started over and it was never dead-lettered
-    assert settler.calls == []
+    # Then both deliveries have the same id
+    assert first.id == again.id
 
 
 async def test_on_a_quorum_queue_the_broker_counts_deliveries_not_the_middleware() -> None:
@@ -265,10 +287,16 @@ async def test_on_a_quorum_queue_the_broker_counts_deliveries_not_the_middleware
 
 async def test_a_requeue_foxwork_made_itself_is_not_counted_as_a_crash() -> None:
     # Given a copy that cannot be confirmed, so the original is requeued, five times over
+    # (each redelivery is one foxwork caused: it did not come back unsettled)
     settler = RecordingSettler(confirm=False)
     middleware = RetryMiddleware(max_redeliveries=2, initial_backoff=0)
     for delivery in range(5):
-        message = make_message(settler=settler, message_id="order-3", redelivered=delivery > 0)
+        message = make_message(
+            settler=settler,
+            message_id="order-3",
+            redelivered=delivery > 0,
+            came_back_unsettled=False,
+        )
         with pytest.raises(RuntimeError):
             await middleware(message, raising(RuntimeError("flaky")))
     # Then it was never dead-lettered as a crash loop
