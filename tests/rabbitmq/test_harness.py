@@ -21,6 +21,11 @@ def _declare_durable_queue(node: RabbitMQNode, name: str) -> None:
         f'rabbit_amqqueue:declare(rabbit_misc:r(<<"/">>, queue, <<"{name}">>), '
         'true, false, [], none, <<"guest">>).',
     )
+    assert _queues(node).get(name) == "true"
+    # Mnesia writes its transaction log through a buffer: a SIGKILL right after the declare
+    # can lose it (the broker's own durability promise covers a clean shutdown). Flush it,
+    # so what the test checks is the harness restarting the node on its data.
+    node.ctl("eval", "ok = mnesia:sync_log().")
 
 
 def _queues(node: RabbitMQNode) -> dict[str, str]:
