@@ -36,6 +36,10 @@ Other sources, registered once:
 Log correlation: `MessageLogFilter` adds `message_id`, `attempt`, `trace_id` and `span_id`
 to log records emitted while `TracingMiddleware` processes a message.
 
+Prometheus: `foxwork.telemetry.prometheus` holds `PrometheusReader`, a metric reader that
+renders the Prometheus text format (served by `foxwork.http.HealthServer` on `/metrics`).
+It is imported on its own, not from here, because it loads the OpenTelemetry SDK.
+
 Nothing here sets a global provider. Every entry point takes an optional `tracer_provider`
 or `meter_provider` and otherwise uses the global one (a no-op until the application sets
 one).

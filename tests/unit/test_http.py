@@ -347,24 +347,3 @@ async def test_a_client_that_does_not_read_its_answer_is_disconnected_after_the_
     await wait_for_open_connections(server, 0)
     writer.close()
     await server.close()
-
-
-def test_rendering_escapes_label_values_and_converts_names_and_units(
-    reader: PrometheusReader, meter_provider: MeterProvider
-) -> None:
-    # Given OpenTelemetry metrics with awkward names, units and attribute values
-    meter = meter_provider.get_meter("tests")
-    meter.create_counter("orders.bytes-in", unit="By").add(5, {"queue": 'a"b\\c\nd'})
-    meter.create_up_down_counter("orders.backlog", unit="{message}").add(-2)
-
-    # When they are rendered
-    lines = reader.render().splitlines()
-
-    # Then names and labels are valid Prometheus, and values keep their meaning
-    assert 'orders_bytes_in_bytes_total{queue="a\\"b\\\\c\\nd"} 5' in lines
-    assert "# TYPE orders_backlog gauge" in lines
-    assert "orders_backlog -2" in lines
-
-
-def test_a_reader_on_no_provider_renders_nothing() -> None:
-    assert PrometheusReader().render() == ""
