@@ -90,9 +90,16 @@ def retry_queue_prefix(queue: str) -> str:
     return f"{queue}-retry"
 
 
-def retry_queue_name(queue: str, delay_ms: int) -> str:
-    """Name of the retry queue holding messages of `queue` for `delay_ms` milliseconds."""
-    return f"{queue}-retry-{delay_ms}ms"
+def retry_queue_name(queue: str, delay_ms: int, *, prefix: str | None = None) -> str:
+    """Name of the retry queue holding messages of `queue` for `delay_ms` milliseconds.
+
+    Args:
+        queue: the main queue.
+        delay_ms: the delay tier (see `delay_tier_ms`).
+        prefix: a configured name in place of `retry_queue_prefix(queue)`; the tier suffix
+            is the same.
+    """
+    return f"{prefix or retry_queue_prefix(queue)}-{delay_ms}ms"
 
 
 def dead_letter_queue_name(queue: str) -> str:

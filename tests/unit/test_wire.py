@@ -18,6 +18,8 @@ from foxwork.backends.rabbitmq.topology import RETRY_QUEUE_EXPIRES_MARGIN_MS
         (wire.retry_exchange_name("orders"), "orders-retry_exchange"),
         (wire.dead_letter_queue_name("orders"), "orders-dlq"),
         (wire.retry_queue_prefix("orders"), "orders-retry"),
+        (wire.retry_queue_name("orders", 1200), "orders-retry-1200ms"),
+        (wire.retry_queue_name("orders", 1200, prefix="legacy"), "legacy-1200ms"),
         (wire.RETRY_ATTEMPT, "x-retry-attempt"),
         (wire.ORIGINAL_ROUTING_KEY, "x-original-routing-key"),
         (wire.ORIGINAL_EXCHANGE, "x-original-exchange"),

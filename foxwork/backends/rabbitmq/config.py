@@ -68,7 +68,7 @@ class QueueNames(BaseModel):
 
     def retry_queue(self, delay_ms: int) -> str:
         """The retry queue of one delay tier."""
-        return f"{self.retry_queue_prefix}-{delay_ms}ms"
+        return wire.retry_queue_name(self.queue, delay_ms, prefix=self.retry_queue_prefix)
 
 
 class RabbitMQConsumerConfig(BaseModel):
