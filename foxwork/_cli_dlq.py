@@ -168,12 +168,13 @@ def _jsonable(value: Any) -> Any:
 
 
 def _progress(done: int, total: int) -> None:
+    """A progress bar of the dead letters read, redrawn in place (the line is ended once
+    the replay returns: with a limit it may end before the bar is full)."""
     width = 30
     filled = width * done // max(total, 1)
-    end = "\n" if done == total else ""
     print(
         f"\rreplaying [{'#' * filled}{'.' * (width - filled)}] {done}/{total}",
-        end=end,
+        end="",
         file=sys.stderr,
         flush=True,
     )
@@ -181,14 +182,19 @@ def _progress(done: int, total: int) -> None:
 
 def _replay(args: argparse.Namespace) -> int:
     async def action(dlq: DeadLetterQueue) -> int:
-        result = await dlq.replay(
-            ids=args.ids,
-            reason_match=args.reason_match,
-            limit=args.limit,
-            rate=args.rate,
-            dry_run=args.dry_run,
-            on_progress=None if args.dry_run or not sys.stderr.isatty() else _progress,
-        )
+        show_progress = not args.dry_run and sys.stderr.isatty()
+        try:
+            result = await dlq.replay(
+                ids=args.ids,
+                reason_match=args.reason_match,
+                limit=args.limit,
+                rate=args.rate,
+                dry_run=args.dry_run,
+                on_progress=_progress if show_progress else None,
+            )
+        finally:
+            if show_progress:
+                print(file=sys.stderr)
         verb = "would replay" if result.dry_run else "replayed"
         for message_id in result.replayed:
             print(f"{verb} {message_id or '-'}")
@@ -199,7 +205,13 @@ def _replay(args: argparse.Namespace) -> int:
             f"left alone {result.skipped}",
             file=sys.stderr,
         )
-        return 1 if result.failed else 0
+        if result.stopped:
+            print(
+                f"replay stopped early: {redact(result.stopped)}; every dead letter not "
+                "replayed is still in the DLQ",
+                file=sys.stderr,
+            )
+        return 1 if result.failed or result.stopped else 0
 
     return _run(args, action)
 

@@ -21,6 +21,12 @@ from tests.harness.rabbitmq import RabbitMQNode
 
 from .conftest import BackendFactory, PoolStarter
 from .support import RabbitProbe, Recorder
+from .test_dlq_streaming import (
+    SMALL_MAX_MESSAGE_SIZE,
+    dead_letter,
+    max_message_size,
+    put_dead_letters,
+)
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -290,6 +296,42 @@ async def test_replay_after_a_fix_processes_every_dead_letter_exactly_once(
         assert delivery.retry_attempt is None
         assert not set(delivery.headers) & set(DIAGNOSTIC_HEADERS), delivery.headers
         assert delivery.payload == {"order": delivery.id}
+
+
+async def test_replay_goes_on_past_a_copy_the_broker_refuses_and_names_it(
+    rabbitmq_url: str, queue_name: str, probe: RabbitProbe, rabbitmq_node: RabbitMQNode
+) -> None:
+    # Given a DLQ of three dead letters, the middle one larger than the broker now accepts
+    dead_letters = f"{queue_name}-dlq"
+    await probe.declare_plain_queue(queue_name)
+    await probe.declare_plain_queue(dead_letters)
+    try:
+        await put_dead_letters(
+            rabbitmq_url,
+            dead_letters,
+            dead_letter(queue_name, "ok-1"),
+            dead_letter(queue_name, "big-1", body=b"x" * (4 * SMALL_MAX_MESSAGE_SIZE)),
+            dead_letter(queue_name, "ok-2"),
+        )
+        with max_message_size(rabbitmq_node, SMALL_MAX_MESSAGE_SIZE):
+            # When a user replays them all (the broker closes the publishing channel on the
+            # big copy)
+            result = await dlq("replay", queue_name, url=rabbitmq_url)
+
+        # Then the others are replayed, the big one is named as still in the DLQ, the
+        # command exits 1, and there is no traceback
+        assert result.code == 1, result.output
+        assert result.stdout.splitlines() == [
+            "replayed ok-1",
+            "replayed ok-2",
+            "NOT replayed (copy not confirmed; still in the DLQ) big-1",
+        ]
+        assert "replayed 2, failed 1, left alone 0" in result.stderr
+        assert "Traceback" not in result.output
+        assert [m.message_id for m in await probe.take(queue_name)] == ["ok-1", "ok-2"]
+        assert [m.message_id for m in await probe.take(dead_letters)] == ["big-1"]
+    finally:
+        await probe.delete_queues(queue_name, dead_letters)
 
 
 # -- purge -------------------------------------------------------------------------------
