@@ -19,9 +19,13 @@ from .errors import (
 from .message import Message, MessageProperties, SettleState
 from .pool import PoolState, ShutdownReport, WorkerPool
 from .strategies import LoadBalancingStrategy
+from .telemetry import names as _telemetry_names
 from .worker import Worker
 
-__version__ = "0.1.0"
+#: The installed distribution's version: `version` in pyproject.toml is its one source, read
+#: once (in `telemetry.names`, which reports it with the instrumentation scope) and shown by
+#: `foxwork --version`.
+__version__: str = _telemetry_names.VERSION
 
 __all__ = [
     "BackendError",
