@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from pydantic import BaseModel
 
 from . import codec
+from ._checks import is_number
 from .errors import ConfigurationError, PoisonMessage, ProcessingTimeout
 from .message import Message
 
@@ -57,7 +58,7 @@ class Worker(Generic[P]):
         if processing_timeout is not None:
             self.processing_timeout = processing_timeout
         timeout = self.processing_timeout
-        if timeout is not None and not timeout > 0:
+        if timeout is not None and not (is_number(timeout) and timeout > 0):
             raise ConfigurationError(
                 f"worker {self.id!r}: processing_timeout={timeout!r} must be a positive number "
                 "of seconds, or None for no limit"

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from .. import codec
-from .._checks import is_count
+from .._checks import is_count, is_number
 from ..errors import ConfigurationError, PoisonMessage
 from ..message import Message
 from .base import CallNext
@@ -143,11 +143,7 @@ class BatchMiddleware:
             raise ConfigurationError(
                 f"BatchMiddleware(batch_size={batch_size!r}): pass an int of at least 1"
             )
-        if (
-            isinstance(flush_interval, bool)
-            or not isinstance(flush_interval, int | float)
-            or not flush_interval > 0
-        ):
+        if not (is_number(flush_interval) and flush_interval > 0):
             raise ConfigurationError(
                 f"BatchMiddleware(flush_interval={flush_interval!r}): pass a positive number "
                 "of seconds to wait for a batch to fill"

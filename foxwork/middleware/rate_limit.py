@@ -10,7 +10,7 @@ from typing import Any
 
 from aiolimiter import AsyncLimiter
 
-from .._checks import is_count, is_number
+from .._checks import is_count, is_finite
 from ..errors import ConfigurationError
 from ..message import Message
 from .base import CallNext, StoppedPools, pool_key
@@ -64,16 +64,17 @@ class RateLimitMiddleware:
         key: Callable[[Message[Any]], str] | None = None,
         max_keys: int = DEFAULT_MAX_KEYS,
     ) -> None:
-        if not (is_number(rate) and rate > 0):
+        if not (is_finite(rate) and rate > 0):
             raise ConfigurationError(
-                f"RateLimitMiddleware(rate={rate!r}): pass a positive number of messages per second"
+                f"RateLimitMiddleware(rate={rate!r}): pass a positive, finite number of "
+                "messages per second (leave the layer out for no limit)"
             )
         if burst is None:
             burst = max(1.0, float(rate))
-        if not (is_number(burst) and burst >= 1):
+        if not (is_finite(burst) and burst >= 1):
             raise ConfigurationError(
-                f"RateLimitMiddleware(burst={burst!r}): pass a number of at least 1 (messages "
-                "that may pass at once), or None for one second's worth"
+                f"RateLimitMiddleware(burst={burst!r}): pass a finite number of at least 1 "
+                "(messages that may pass at once), or None for one second's worth"
             )
         if key is not None and not callable(key):
             raise ConfigurationError(

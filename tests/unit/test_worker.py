@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import threading
 from typing import Any
@@ -68,8 +69,8 @@ def test_a_worker_gets_a_unique_default_id_from_its_class_name() -> None:
     assert "orders-1" in repr(RecordingWorker("orders-1"))
 
 
-@pytest.mark.parametrize("timeout", [0, -1.0])
-def test_a_processing_timeout_that_is_not_positive_is_refused(timeout: float) -> None:
+@pytest.mark.parametrize("timeout", [0, -1.0, True, "10", math.nan])
+def test_a_processing_timeout_that_is_not_a_positive_number_is_refused(timeout: object) -> None:
     with pytest.raises(ConfigurationError, match=f"processing_timeout={timeout!r} must be"):
         RecordingWorker(processing_timeout=timeout)
 

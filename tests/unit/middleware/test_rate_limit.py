@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Any
 
@@ -25,7 +26,13 @@ def tenant(message: Message[Any]) -> str:
     [
         ("rate", 0),
         ("rate", -5.0),
+        ("rate", math.inf),
+        ("rate", math.nan),
+        ("rate", True),
+        ("rate", "10"),
         ("burst", 0.5),
+        ("burst", math.inf),
+        ("burst", True),
         ("key", "tenant"),
         ("max_keys", 0),
     ],
