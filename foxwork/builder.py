@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .middleware.ack import AckPolicy
 from .middleware.base import Middleware
 from .pool import DEFAULT_CONCURRENCY_LIMIT, WorkerPool
+from .settlement import AckPolicy
 from .strategies import LoadBalancingStrategy
 from .worker import Worker
 

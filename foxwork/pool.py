@@ -11,13 +11,13 @@ import logging
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
-from ._checks import is_int
+from ._checks import is_count, is_int
 from ._slots import Slots
 from .backends.base import Backend, Consumer
 from .errors import ConfigurationError, PoolStateError
 from .message import Message
-from .middleware.ack import AckPolicy, settle_failure
 from .middleware.base import CallNext, Middleware, build_chain, shutdown_all, startup_all
+from .settlement import AckPolicy, check_policy, settle_failure
 from .strategies import LoadBalancingStrategy, make_picker
 from .worker import Worker
 
@@ -83,6 +83,9 @@ class WorkerPool:
         on_unsettled_failure: how the pool settles a failed message that no middleware
             settled (the pool is the last safety net). Successes are acked.
 
+    A pool is equal only to itself, whatever its settings: two pools built alike are two
+    pools, each with its own state, and either can be a dict key or a set member.
+
     Example:
         pool = WorkerPool(
             workers=[OrderWorker(), OrderWorker()],
@@ -134,8 +137,11 @@ class WorkerPool:
                 f"concurrency_limit={concurrency_limit} must be at least 1: it is how many "
                 "messages are processed at once"
             )
-        if prefetch is not None and prefetch < 1:
-            raise ConfigurationError(f"prefetch={prefetch} must be at least 1, or None")
+        if prefetch is not None and not is_count(prefetch):
+            raise ConfigurationError(
+                f"prefetch={prefetch!r} must be an int of at least 1, or None for the "
+                "concurrency limit"
+            )
         if not isinstance(strategy, LoadBalancingStrategy):
             raise ConfigurationError(
                 f"strategy={strategy!r} must be a LoadBalancingStrategy member, one of "
@@ -144,6 +150,7 @@ class WorkerPool:
         for queue in queues:
             if not isinstance(queue, str) or not queue:
                 raise ConfigurationError(f"queues must be non-empty strings; got {queue!r}")
+        check_policy(on_unsettled_failure, owner="WorkerPool", setting="on_unsettled_failure")
         self.name = name
         self.workers: tuple[Worker[Any], ...] = tuple(workers)
         self.middleware: tuple[Middleware, ...] = tuple(middleware)
@@ -172,25 +179,6 @@ class WorkerPool:
             f"<WorkerPool name={self.name!r} state={self._state.value} "
             f"workers={len(self.workers)} in_flight={len(self._tasks)} "
             f"processed={self.processed} failed={self.failed}>"
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, WorkerPool):
-            return NotImplemented
-        return self._config() == other._config()
-
-    __hash__ = object.__hash__
-
-    def _config(self) -> tuple[Any, ...]:
-        return (
-            self.name,
-            self.workers,
-            self.middleware,
-            self.strategy,
-            self.concurrency_limit,
-            self.queues,
-            self.prefetch,
-            self.on_unsettled_failure,
         )
 
     # -- state -----------------------------------------------------------------------

@@ -2,45 +2,19 @@
 
 from __future__ import annotations
 
-import enum
 import logging
 from typing import Any
 
-from ..errors import ConfigurationError, DeadLetter, Drop, RetryLater
+from ..errors import Drop
 from ..message import Message
+from ..settlement import AckPolicy, check_policy, settle_failure
 from .base import CallNext
 
+# `AckPolicy` and `settle_failure` are defined in the core (`foxwork.settlement`), because the
+# pool settles by the same rule; they are re-exported here for code importing them from here.
 __all__ = ["AckNackMiddleware", "AckPolicy", "settle_failure"]
 
 logger = logging.getLogger("foxwork.ack")
-
-
-class AckPolicy(enum.Enum):
-    """What happens to a message whose processing failed and that no inner layer settled."""
-
-    DEAD_LETTER = "dead_letter"
-    """Publish a copy with the diagnostic headers to `Q-dlq` (confirmed), then ack. Never
-    loops, never loses the message. The default."""
-    REQUEUE = "requeue"
-    """Nack with requeue: the broker delivers it again at once. Only for failures known to be
-    transient; on a classic queue a permanent failure loops forever."""
-    REJECT = "reject"
-    """Nack without requeue: the broker drops it, or dead-letters it through the queue's
-    dead-letter exchange (with `x-death`, without foxwork's diagnostic headers)."""
-
-
-async def settle_failure(message: Message[Any], exc: BaseException, policy: AckPolicy) -> None:
-    """Settle a failed, still-unsettled message, honouring what the error asks for."""
-    if isinstance(exc, Drop):
-        await message.ack()
-    elif isinstance(exc, DeadLetter):
-        await message.dead_letter(exc)
-    elif isinstance(exc, RetryLater) or policy is AckPolicy.REQUEUE:
-        await message.nack(requeue=True)
-    elif policy is AckPolicy.REJECT:
-        await message.reject()
-    else:
-        await message.dead_letter(exc)
 
 
 class AckNackMiddleware:
@@ -59,11 +33,7 @@ class AckNackMiddleware:
     """
 
     def __init__(self, *, on_failure: AckPolicy = AckPolicy.DEAD_LETTER) -> None:
-        if not isinstance(on_failure, AckPolicy):
-            raise ConfigurationError(
-                f"AckNackMiddleware(on_failure={on_failure!r}): pass an AckPolicy member, "
-                f"one of {', '.join(p.name for p in AckPolicy)}"
-            )
+        check_policy(on_failure, owner="AckNackMiddleware", setting="on_failure")
         self.on_failure = on_failure
 
     def __repr__(self) -> str:

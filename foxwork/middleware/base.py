@@ -14,6 +14,10 @@ One layer instance may serve several pools (a breaker guarding one dependency fo
 them). Its `startup()` and `shutdown()` hooks then run once per pool, and `current_pool()`
 tells a hook, or the layer handling a message, which pool it runs for: a layer that holds
 messages releases only the stopping pool's messages, never another's.
+
+Layers also meet through the chain's context: `holds_failed_probe()` tells a layer that
+settles failures (`RetryMiddleware`) that a circuit breaker outside it holds the failed
+message for its next probe, so neither layer imports the other.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 from ..errors import ConfigurationError
 from ..message import Message
 
-__all__ = ["CallNext", "Middleware", "build_chain", "current_pool"]
+__all__ = ["CallNext", "Middleware", "build_chain", "current_pool", "holds_failed_probe", "probing"]
 
 #: The rest of the chain, as seen from one layer.
 CallNext = Callable[[Message[Any]], Awaitable[None]]
@@ -83,6 +87,27 @@ class StoppedPools:
     def stopping(self) -> bool:
         """True when the current pool stopped intake."""
         return pool_key() in self._stopped
+
+
+#: Inside the chain of a circuit breaker's HALF_OPEN probe: that breaker's `is_failure`
+#: (None elsewhere). The breaker sets it around `call_next`; layers inside it that settle
+#: failures ask `holds_failed_probe()`. A context variable, because the whole chain runs in
+#: the message's own task.
+probing: contextvars.ContextVar[Callable[[BaseException], bool] | None] = contextvars.ContextVar(
+    "foxwork_probing", default=None
+)
+
+
+def holds_failed_probe(exc: BaseException) -> bool:
+    """True when the current task runs a HALF_OPEN probe of a circuit breaker that holds
+    the message again after failing with `exc` (instead of letting it be settled).
+
+    A failed probe must not consume a retry attempt: layers inside the breaker that settle
+    failures (`RetryMiddleware`) then leave the message unsettled and re-raise, and the
+    breaker holds it for the next probe.
+    """
+    is_failure = probing.get()
+    return is_failure is not None and is_failure(exc)
 
 
 @runtime_checkable

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextvars
 import enum
 import logging
 import time
@@ -14,14 +13,14 @@ from typing import Any, NamedTuple
 from .._checks import is_count, is_number
 from ..errors import ConfigurationError, DeadLetter, Drop
 from ..message import Message
-from .base import CallNext, StoppedPools, pool_key
+from .base import CallNext, StoppedPools, holds_failed_probe, pool_key, probing
 
 __all__ = [
     "CircuitBreakerMiddleware",
     "CircuitState",
     "CircuitTransition",
     "StateListener",
-    "holds_failed_probe",
+    "holds_failed_probe",  # defined in `base`, shared with `RetryMiddleware`; re-exported
 ]
 
 logger = logging.getLogger("foxwork.circuit_breaker")
@@ -66,26 +65,6 @@ class CircuitTransition(NamedTuple):
 
 #: Called with (old, new) on every change of state.
 StateListener = Callable[[CircuitState, CircuitState], None]
-
-# Inside the chain of a HALF_OPEN probe: the `is_failure` of the breaker running it. A failed
-# probe must not consume a retry attempt, and when `RetryMiddleware` sits inside the breaker
-# it sees the failure first: it asks `holds_failed_probe()` and leaves such a failure
-# unsettled for the breaker. A context variable, because the whole chain runs in the
-# message's own task.
-_probing: contextvars.ContextVar[Callable[[BaseException], bool] | None] = contextvars.ContextVar(
-    "foxwork_probing", default=None
-)
-
-
-def holds_failed_probe(exc: BaseException) -> bool:
-    """True when the current task runs a HALF_OPEN probe of a circuit breaker that holds
-    the message again after failing with `exc` (instead of letting it be settled).
-
-    Layers inside the breaker that settle failures (`RetryMiddleware`) then leave the
-    message unsettled and re-raise, so a failed probe consumes no retry attempt.
-    """
-    is_failure = _probing.get()
-    return is_failure is not None and is_failure(exc)
 
 
 def default_is_failure(exc: BaseException) -> bool:
@@ -173,7 +152,7 @@ class CircuitBreakerMiddleware:
                 f"CircuitBreakerMiddleware(failure_threshold={failure_threshold!r}): pass an "
                 "int of at least 1 (consecutive failures that open the circuit)"
             )
-        if not isinstance(recovery_timeout, int | float) or not recovery_timeout > 0:
+        if not (is_number(recovery_timeout) and recovery_timeout > 0):
             raise ConfigurationError(
                 f"CircuitBreakerMiddleware(recovery_timeout={recovery_timeout!r}): pass a "
                 "positive number of seconds to stay OPEN before probing"
@@ -291,7 +270,7 @@ class CircuitBreakerMiddleware:
                 )
                 await message.nack(requeue=True)
                 return
-            token = _probing.set(self.is_failure if probe else None)
+            token = probing.set(self.is_failure if probe else None)
             try:
                 await call_next(message)
             except Exception as exc:
@@ -314,7 +293,7 @@ class CircuitBreakerMiddleware:
                 self._record(generation, probe=probe, failure=False)
                 return
             finally:
-                _probing.reset(token)
+                probing.reset(token)
 
     async def _admit(self, deadline: float | None) -> tuple[bool, int]:
         """Wait until this message may run. Returns whether it runs as a HALF_OPEN probe,

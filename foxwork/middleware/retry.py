@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import logging
-import math
 import random
 from typing import Any
 
 from tenacity import RetryCallState, wait_exponential
 
 from .. import wire
-from .._checks import is_count
+from .._checks import is_count, is_finite, is_number
 from ..errors import ConfigurationError, DeadLetter, Drop, RetryLater
 from ..message import Message
-from .base import CallNext
-from .circuit_breaker import holds_failed_probe
+from .base import CallNext, holds_failed_probe
 
 __all__ = ["RetryMiddleware"]
 
@@ -94,27 +92,30 @@ class RetryMiddleware:
                 f"max_attempts={max_attempts!r} must be an int of at least 1 "
                 "(the total number of deliveries, the first included)"
             )
-        # Written as `not (... >= ...)` so that NaN, which compares false, is refused too.
-        if not (math.isfinite(initial_backoff) and initial_backoff >= 0):
+        # `is_*` first: a string or a bool is refused with the fix, never a TypeError. The
+        # comparisons are written as `not (... >= ...)` so that NaN, which compares false,
+        # is refused too.
+        if not (is_finite(initial_backoff) and initial_backoff >= 0):
             raise ConfigurationError(
                 f"initial_backoff={initial_backoff!r} must be a finite number of seconds >= 0"
             )
-        if not max_backoff >= initial_backoff:
+        if not (is_number(max_backoff) and max_backoff >= initial_backoff):
             raise ConfigurationError(
-                f"max_backoff={max_backoff!r} must be >= initial_backoff={initial_backoff!r}"
+                f"max_backoff={max_backoff!r} must be a number of seconds "
+                f">= initial_backoff={initial_backoff!r}"
             )
-        if not (math.isfinite(backoff_multiplier) and backoff_multiplier >= 1):
+        if not (is_finite(backoff_multiplier) and backoff_multiplier >= 1):
             raise ConfigurationError(
                 f"backoff_multiplier={backoff_multiplier!r} must be a finite number >= 1 "
                 "(1 = constant delay)"
             )
-        if not 0 <= jitter <= 1:
+        if not (is_number(jitter) and 0 <= jitter <= 1):
             raise ConfigurationError(
                 f"jitter={jitter!r} must be a fraction between 0 and 1 (0.1 = ±10 %)"
             )
-        if max_redeliveries is not None and max_redeliveries < 1:
+        if max_redeliveries is not None and not is_count(max_redeliveries):
             raise ConfigurationError(
-                f"max_redeliveries={max_redeliveries!r} must be at least 1, or None"
+                f"max_redeliveries={max_redeliveries!r} must be an int of at least 1, or None"
             )
         self.max_attempts = max_attempts
         self.initial_backoff = initial_backoff

@@ -642,7 +642,11 @@ class NotInitialised(Worker[Any]):
         ({"middleware": [AckNackMiddleware(), "retry"]}, "middleware\\[1\\] = 'retry'"),
         ({"middleware": [AckNackMiddleware]}, "did you pass the class instead of an instance"),
         ({"strategy": "round_robin"}, "must be a LoadBalancingStrategy member"),
-        ({"prefetch": 0}, "prefetch=0 must be at least 1"),
+        ({"prefetch": 0}, "prefetch=0 must be an int of at least 1"),
+        ({"prefetch": "10"}, "prefetch='10' must be an int of at least 1"),
+        ({"prefetch": 2.5}, "prefetch=2.5 must be an int of at least 1"),
+        ({"prefetch": True}, "prefetch=True must be an int of at least 1"),
+        ({"on_unsettled_failure": "reject"}, "on_unsettled_failure='reject'.*AckPolicy member"),
         ({"queues": [""]}, "queues must be non-empty strings"),
     ],
 )
@@ -655,6 +659,34 @@ def test_bad_pool_arguments_are_refused_at_build_time_saying_what_to_change(
     # When / Then
     with pytest.raises(ConfigurationError, match=names):
         WorkerPool(**arguments)
+
+
+def test_pools_with_the_same_settings_are_distinct_pools() -> None:
+    # Given two pools built from the same settings
+    worker = RecordingWorker()
+    first = WorkerPool(workers=[worker], queues=["orders"])
+    second = WorkerPool(workers=[worker], queues=["orders"])
+
+    # Then each is its own pool, with its own state: equal only to itself
+    assert first == first
+    assert first != second
+
+
+def test_pools_are_usable_as_dict_keys_and_set_members_whatever_their_state() -> None:
+    # Given two pools with the same settings, keyed by pool
+    worker = RecordingWorker()
+    first = WorkerPool(workers=[worker])
+    second = WorkerPool(workers=[worker])
+    names = {first: "first", second: "second"}
+
+    # When one of them handles a message (its counters change)
+    first.received += 1
+
+    # Then both keys still find their own value, and a set holds both
+    assert names[first] == "first"
+    assert names[second] == "second"
+    assert len({first, second, first}) == 2
+    assert first in {first} and second not in {first}
 
 
 def test_a_worker_without_process_is_refused_when_created() -> None:

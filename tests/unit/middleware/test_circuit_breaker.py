@@ -25,7 +25,7 @@ from foxwork.middleware import (
     CircuitState,
     RetryMiddleware,
 )
-from foxwork.middleware.circuit_breaker import holds_failed_probe
+from foxwork.middleware.base import holds_failed_probe
 from tests.conftest import PoolFactory, run_until_idle
 
 from ..helpers import WAIT, RecordingSettler, eventually, make_message, raising, succeed
@@ -69,6 +69,11 @@ class Gate:
         ("failure_threshold", 2.5),
         ("recovery_timeout", 0),
         ("recovery_timeout", -1.0),
+        ("recovery_timeout", True),
+        ("recovery_timeout", "30"),
+        ("failure_threshold", True),
+        ("half_open_max_requests", True),
+        ("max_hold", True),
         ("half_open_max_requests", 0),
         ("is_failure", "yes"),
         ("on_state_change", 42),

@@ -49,6 +49,17 @@ class Boom(Exception):
         ({"jitter": 1.5}, "jitter=1.5"),
         ({"jitter": -0.1}, "jitter=-0.1"),
         ({"max_redeliveries": 0}, "max_redeliveries=0"),
+        ({"initial_backoff": "1"}, "initial_backoff='1'.*number of seconds"),
+        ({"initial_backoff": True}, "initial_backoff=True"),
+        ({"max_backoff": "60"}, "max_backoff='60'.*number of seconds"),
+        ({"max_backoff": True}, "max_backoff=True"),
+        ({"backoff_multiplier": "2"}, "backoff_multiplier='2'.*number"),
+        ({"backoff_multiplier": True}, "backoff_multiplier=True"),
+        ({"jitter": "0.1"}, "jitter='0.1'.*fraction"),
+        ({"jitter": True}, "jitter=True"),
+        ({"max_redeliveries": "5"}, "max_redeliveries='5'.*int"),
+        ({"max_redeliveries": 2.5}, "max_redeliveries=2.5"),
+        ({"max_redeliveries": True}, "max_redeliveries=True"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_argument_and_value(
