@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 from aiormq.abc import AbstractChannel as RawChannel
 from aiormq.abc import DeliveredMessage
 
-from ... import wire
 from ...errors import BackendError
 from ...message import Message
 from ..base import Consumer, Handler, offer_of
 from ._io import TRANSPORT_ERRORS, mapped
+from .config import QueueType
 from .convert import to_message
 
 if TYPE_CHECKING:
@@ -31,14 +31,9 @@ CAREFUL_PREFETCH = 1
 
 
 def is_suspect(message: Message[Any]) -> bool:
-    """True for a message that may have killed a worker process: it was delivered before
-    and never settled (`came_back_unsettled`, a quorum queue's `x-delivery-count`), or it
-    is a copy counting such redeliveries (`x-redelivery-count`, classic queues)."""
-    return (
-        message.came_back_unsettled
-        or message.delivery_count > 0
-        or wire.REDELIVERY_COUNT in message.headers
-    )
+    """True for a message that may have killed a worker process: it came back without
+    being settled (`came_back_unsettled`, a quorum queue's `x-delivery-count`)."""
+    return message.came_back_unsettled or message.delivery_count > 0
 
 
 class RabbitConsumer(Consumer):
@@ -53,6 +48,10 @@ class RabbitConsumer(Consumer):
     counts. (RabbitMQ applies `basic.qos` to consumers created after it: each change is
     `basic.cancel`, `basic.qos`, `basic.consume` on the same channel, made while the
     delivery that asks for it is held, so none is lost.)
+
+    Classic queues keep the full prefetch: there `RetryMiddleware` counts a delivery that
+    came back, and after an unclean broker restart RabbitMQ marks every recovered message
+    redelivered, which one message at a time would crawl through.
     """
 
     def __init__(
@@ -71,8 +70,11 @@ class RabbitConsumer(Consumer):
         self._cancelled = False
         self._intake_task: asyncio.Task[None] | None = None
         self._restore_task: asyncio.Task[None] | None = None
-        # Subscribed with CAREFUL_PREFETCH (True) or the full prefetch.
-        self._careful = True
+        # Quorum queues count every delivery that comes back towards the delivery limit:
+        # there the consumer isolates suspects. Subscribed with CAREFUL_PREFETCH (True) or
+        # the full prefetch.
+        self._isolates = backend.config.queue_type is QueueType.QUORUM
+        self._careful = self._isolates
 
     @property
     def active(self) -> bool:
@@ -97,8 +99,10 @@ class RabbitConsumer(Consumer):
                 await channel
                 # Careful from the start: after a crash or a reconnect the suspects come
                 # first (see the class docstring).
-                self._careful = True
-                await channel.set_qos(prefetch_count=CAREFUL_PREFETCH)
+                self._careful = self._isolates
+                await channel.set_qos(
+                    prefetch_count=CAREFUL_PREFETCH if self._careful else self._prefetch
+                )
                 raw = await channel.get_underlay_channel()
                 raw.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
                 # Before consuming: the first delivery may be handled before consume() returns.
@@ -137,7 +141,7 @@ class RabbitConsumer(Consumer):
         # does that before handing it over).
         if (
             self._buffer.empty()
-            and self._careful == is_suspect(message)
+            and self._careful == self._suspect(message)
             and self._offer is not None
             and self._offer(message)
         ):
@@ -151,7 +155,7 @@ class RabbitConsumer(Consumer):
             if delivered.channel.is_closed:
                 continue  # its channel died: the broker redelivers it
             try:
-                await self._set_careful(is_suspect(message), delivered.channel)
+                await self._set_careful(self._suspect(message), delivered.channel)
                 await self._handler(message)
             except BaseException as exc:
                 if message.worker is None and not message.settled:
@@ -162,6 +166,9 @@ class RabbitConsumer(Consumer):
                 # resilient backend's watchdog) replaces this consumer.
                 logger.exception("the intake of the consumer of %r failed", self.queue)
                 return
+
+    def _suspect(self, message: Message[Any]) -> bool:
+        return self._isolates and is_suspect(message)
 
     async def _set_careful(self, careful: bool, channel: RawChannel) -> None:
         """Subscribe again with the prefetch of careful (or normal) mode, if it changes.
