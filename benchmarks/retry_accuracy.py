@@ -151,11 +151,12 @@ async def bench(
 ) -> dict[str, Any]:
     queue = s.unique_queue("retry")
     worker = RetryOnce(delays)
-    backend = TimedBackend(url=broker.url, queue=queue, prefetch_count=args.prefetch)
+    backend = TimedBackend(url=broker.url, queue=queue)
     pool = WorkerPool(
         workers=[worker],
         middleware=[AckNackMiddleware(), RetryMiddleware(max_attempts=2)],
         concurrency_limit=args.prefetch,
+        prefetch=args.prefetch,
         queues=[queue],
     )
     n = args.messages

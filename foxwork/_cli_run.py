@@ -199,25 +199,21 @@ def load_pool(target: str) -> WorkerPool:
     return pool
 
 
-def make_backend(
-    url: str, queues: Sequence[str], *, prefetch: int, wait_for_broker: bool
-) -> Backend:
+def make_backend(url: str, queues: Sequence[str], *, wait_for_broker: bool) -> Backend:
     """The backend `foxwork run --url` consumes from: RabbitMQ, reconnected forever once
     connected.
 
     Args:
         url: the AMQP URL.
-        queues: the queues to consume.
-        prefetch: unsettled deliveries per queue.
+        queues: the queues to consume (the pool's `prefetch` sets the deliveries each
+            one has checked out).
         wait_for_broker: the first connect keeps retrying instead of failing fast.
     """
     from .backends.rabbitmq import RabbitMQBackend, RabbitMQConsumerConfig
     from .backends.resilient import ResilientBackend
 
     return ResilientBackend(
-        RabbitMQBackend(
-            RabbitMQConsumerConfig(url=url, queue=list(queues), prefetch_count=prefetch)
-        ),
+        RabbitMQBackend(RabbitMQConsumerConfig(url=url, queue=list(queues))),
         fail_fast=not wait_for_broker,
     )
 
@@ -308,9 +304,7 @@ def _run_command(args: argparse.Namespace) -> int:
     else:
         broker = redact_url(url)
         try:
-            backend = make_backend(
-                url, queues, prefetch=pool.prefetch, wait_for_broker=args.wait_for_broker
-            )
+            backend = make_backend(url, queues, wait_for_broker=args.wait_for_broker)
         except ImportError as exc:
             raise CommandLineError(
                 f"cannot use {broker}: the RabbitMQ backend cannot be loaded: {exc}"

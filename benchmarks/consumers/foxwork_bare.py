@@ -26,7 +26,7 @@ class DecodeWorker(Worker[Any]):
 
 
 async def start(args: argparse.Namespace) -> Stop:
-    backend = RabbitMQBackend(url=args.url, queue=args.queue, prefetch_count=args.prefetch)
+    backend = RabbitMQBackend(url=args.url, queue=args.queue)
     pool = WorkerPool(
         workers=[DecodeWorker()],
         concurrency_limit=args.prefetch,

@@ -100,9 +100,7 @@ def full_chain(tracer_provider: TracerProvider, meter_provider: MeterProvider) -
 
 async def start(args: argparse.Namespace) -> Stop:
     tracer_provider, meter_provider = telemetry()
-    backend = ResilientBackend(
-        RabbitMQBackend(url=args.url, queue=args.queue, prefetch_count=args.prefetch)
-    )
+    backend = ResilientBackend(RabbitMQBackend(url=args.url, queue=args.queue))
     pool = WorkerPool(
         workers=[DecodeWorker()],
         middleware=full_chain(tracer_provider, meter_provider),

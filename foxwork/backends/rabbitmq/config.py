@@ -23,8 +23,6 @@ from ...errors import ConfigurationError
 
 __all__ = ["QueueNames", "QueueType", "RabbitMQConsumerConfig", "UrlOrder"]
 
-#: Unsettled deliveries the broker hands over per queue.
-DEFAULT_PREFETCH = 32
 #: AMQP heartbeat in seconds: a dead (blackholed) connection is noticed after about
 #: (heartbeat + 1) * 3 seconds.
 DEFAULT_HEARTBEAT = 10
@@ -35,6 +33,14 @@ DEFAULT_PUBLISH_TIMEOUT = 10.0
 #: Quorum queues: deliveries before the broker dead-letters a message to `Q-dlq`
 #: (a worker process that crashes on a message every time).
 DEFAULT_DELIVERY_LIMIT = 10
+
+
+#: Settings that were removed, and what to use instead.
+_REMOVED = {
+    "prefetch_count": (
+        "the pool sets the prefetch when it consumes; use WorkerPool(prefetch=...) instead"
+    ),
+}
 
 
 class QueueType(enum.StrEnum):
@@ -80,7 +86,6 @@ class RabbitMQConsumerConfig(BaseModel):
             printed.
         queue: the queue to consume, or a list of queues (all with these settings).
         consumer_tag: prefix of the consumer tags (RabbitMQ generates one when None).
-        prefetch_count: unsettled deliveries per queue; the pool's backpressure.
         queue_type: classic or quorum.
         exchange: an exchange to bind the queue(s) to (declared as `exchange_type`,
             durable); None consumes what is published to the queue directly.
@@ -100,6 +105,9 @@ class RabbitMQConsumerConfig(BaseModel):
         max_body_size: bodies larger than this (bytes) are dead-lettered unread.
         connection_name: shown by `rabbitmqctl list_connections` and the management UI.
 
+    The prefetch (unsettled deliveries per queue) is not a setting here: the pool asks for
+    it when it consumes, `WorkerPool(prefetch=...)`.
+
     Example:
         config = RabbitMQConsumerConfig(url="amqp://guest:guest@127.0.0.1/", queue="orders")
     """
@@ -109,7 +117,6 @@ class RabbitMQConsumerConfig(BaseModel):
     url: SecretStr | list[SecretStr]
     queue: str | list[str]
     consumer_tag: str | None = None
-    prefetch_count: Annotated[int, Field(ge=1, le=65535)] = DEFAULT_PREFETCH
     queue_type: QueueType = QueueType.CLASSIC
     exchange: str | None = None
     exchange_type: str = "topic"
@@ -132,6 +139,20 @@ class RabbitMQConsumerConfig(BaseModel):
             super().__init__(**data)
         except ValidationError as exc:
             raise ConfigurationError(_explain(exc)) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_removed_settings(cls, data: Any) -> Any:
+        # Named before pydantic's "Extra inputs are not permitted", which says no more.
+        removed = sorted(_REMOVED.keys() & data.keys()) if isinstance(data, dict) else []
+        if removed:
+            raise ValueError(
+                "; ".join(
+                    f"{name}={data[name]!r} is not a setting any more: {_REMOVED[name]}"
+                    for name in removed
+                )
+            )
+        return data
 
     @field_validator("url")
     @classmethod

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from foxwork import wire
-from foxwork.backends.rabbitmq import RabbitMQConsumerConfig
+from foxwork import ConfigurationError, wire
+from foxwork.backends.rabbitmq import RabbitMQBackend, RabbitMQConsumerConfig
 
 URL = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -41,3 +41,18 @@ def test_overridden_names_keep_the_wire_tier_suffix() -> None:
     assert (names.retry_exchange, names.dead_letter_queue) == ("orders.retry", "orders.dead")
     assert names.retry_queue(1200) == "orders.delay-1200ms"
     assert names.retry_queue(1200) == wire.retry_queue_name("orders", 1200, prefix="orders.delay")
+
+
+@pytest.mark.parametrize("prefetch_count", [200, 32])
+def test_prefetch_count_is_refused_pointing_at_the_pools_prefetch(prefetch_count: int) -> None:
+    # Given a setting that never reached the broker (the pool's prefetch always won)
+    # When it is passed / Then the config refuses it up front, saying what to use instead
+    with pytest.raises(ConfigurationError, match=r"WorkerPool\(prefetch=\.\.\.\)") as caught:
+        RabbitMQConsumerConfig(url=URL, queue="orders", prefetch_count=prefetch_count)
+    assert f"prefetch_count={prefetch_count}" in str(caught.value)
+    assert "guest" not in str(caught.value)
+
+
+def test_the_backend_refuses_prefetch_count_too() -> None:
+    with pytest.raises(ConfigurationError, match=r"WorkerPool\(prefetch=\.\.\.\)"):
+        RabbitMQBackend(url=URL, queue="orders", prefetch_count=200)
