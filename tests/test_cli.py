@@ -19,17 +19,10 @@ from typing import Any
 
 import pytest
 
-from foxwork import (
-    Message,
-    MessageProperties,
-    SettleState,
-    Worker,
-    WorkerPool,
-    _demo,
-    cli,
-    supervisor,
-)
+from foxwork import Message, MessageProperties, SettleState, Worker, WorkerPool, cli
 from foxwork.backends import MemoryBackend, ReconnectStrategy, ResilientBackend
+from foxwork.cli import demo as _demo
+from foxwork.cli import supervisor
 from foxwork.codec import JSON
 from foxwork.errors import ConnectionLost
 from foxwork.middleware import AckNackMiddleware
@@ -398,7 +391,7 @@ def test_processes_pass_the_event_loop_and_the_heap_choice_on_to_each_child(
         seen.append(child)
         return 0
 
-    monkeypatch.setattr("foxwork.supervisor.supervise", supervise)
+    monkeypatch.setattr("foxwork.cli.supervisor.supervise", supervise)
     # When foxwork run starts two processes on uvloop, without freezing the heap
     url = "amqp://guest:guest@127.0.0.1:1/"
     code = cli.main(

@@ -13,7 +13,7 @@ from typing import Any
 
 from foxwork import Message, Worker, WorkerPool
 from foxwork.backends import RabbitMQBackend
-from foxwork.heap import freeze_startup_heap
+from foxwork.cli.heap import freeze_startup_heap
 
 from ._common import Stop, main
 

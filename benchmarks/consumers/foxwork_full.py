@@ -10,7 +10,7 @@ created, filled, ended and queued as in production; metrics use an SDK `MeterPro
 with a periodic reader (every 10 s) whose exporter drops the data.
 
 Once the pool has started, the start-up heap is frozen, as `foxwork run` does
-(`foxwork.heap.freeze_startup_heap`).
+(`foxwork.cli.heap.freeze_startup_heap`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 from foxwork import WorkerPool
 from foxwork.backends import RabbitMQBackend, ResilientBackend
-from foxwork.heap import freeze_startup_heap
+from foxwork.cli.heap import freeze_startup_heap
 from foxwork.middleware import (
     AckNackMiddleware,
     CircuitBreakerMiddleware,

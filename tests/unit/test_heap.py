@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from foxwork.heap import freeze_startup_heap
+from foxwork.cli.heap import freeze_startup_heap
 
 
 class Node:

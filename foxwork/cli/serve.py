@@ -10,12 +10,15 @@ import signal
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ._cli_common import EXIT_OK, CommandLineError
-from ._redact import redact
-from .backends.base import Backend
-from .errors import BackendError, ConfigurationError
+from .. import telemetry
+from .._redact import redact
+from ..backends.base import Backend
+from ..errors import BackendError, ConfigurationError
+from ..http import HealthServer
+from ..middleware.circuit_breaker import CircuitBreakerMiddleware
+from ..pool import DEFAULT_SHUTDOWN_TIMEOUT, WorkerPool
+from .common import EXIT_OK, CommandLineError
 from .heap import freeze_startup_heap
-from .pool import DEFAULT_SHUTDOWN_TIMEOUT, WorkerPool
 
 __all__ = ["serve"]
 
@@ -103,7 +106,7 @@ async def serve(
             on while the pool runs (from before the first connect, so /health answers while
             the broker is awaited).
         freeze_heap: once the pool has started, freeze the objects alive then, so that
-            garbage collections skip them (`foxwork.heap.freeze_startup_heap`); the
+            garbage collections skip them (`foxwork.cli.heap.freeze_startup_heap`); the
             command line does unless `--no-gc-freeze`.
 
     Returns:
@@ -181,10 +184,6 @@ def _watch_supervisor(signals: _Signals) -> asyncio.Task[None] | None:
 
 
 async def _start_http(pool: WorkerPool, backend: Backend, http: tuple[str, int, Any]) -> Any:
-    from . import telemetry
-    from .http import HealthServer
-    from .middleware.circuit_breaker import CircuitBreakerMiddleware
-
     host, port, reader = http
     if reader is not None:
         telemetry.observe_connection(lambda: backend.is_connected, name=type(backend).__name__)

@@ -13,7 +13,19 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
-from ._cli_common import (
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+
+from .._redact import redact_url
+from ..backends.base import Backend
+from ..backends.memory import MemoryBackend
+from ..backends.rabbitmq import RabbitMQBackend, RabbitMQConsumerConfig
+from ..backends.resilient import ResilientBackend
+from ..errors import ConfigurationError
+from ..http import PrometheusReader
+from ..pool import DEFAULT_SHUTDOWN_TIMEOUT, PoolState, WorkerPool
+from . import supervisor
+from .common import (
     ENV_URL,
     CommandLineError,
     Subparsers,
@@ -21,12 +33,7 @@ from ._cli_common import (
     non_negative_float,
     positive_int,
 )
-from ._redact import redact_url
-from ._serve import serve
-from .backends.base import Backend
-from .backends.memory import MemoryBackend
-from .errors import ConfigurationError
-from .pool import DEFAULT_SHUTDOWN_TIMEOUT, PoolState, WorkerPool
+from .serve import serve
 
 __all__ = [
     "EVENT_LOOPS",
@@ -209,9 +216,6 @@ def make_backend(url: str, queues: Sequence[str], *, wait_for_broker: bool) -> B
             one has checked out).
         wait_for_broker: the first connect keeps retrying instead of failing fast.
     """
-    from .backends.rabbitmq import RabbitMQBackend, RabbitMQConsumerConfig
-    from .backends.resilient import ResilientBackend
-
     return ResilientBackend(
         RabbitMQBackend(RabbitMQConsumerConfig(url=url, queue=list(queues))),
         fail_fast=not wait_for_broker,
@@ -220,11 +224,6 @@ def make_backend(url: str, queues: Sequence[str], *, wait_for_broker: bool) -> B
 
 def _install_metrics() -> Any:
     # Before the pool is imported, so every meter its middleware asks for reports here.
-    from opentelemetry import metrics
-    from opentelemetry.sdk.metrics import MeterProvider
-
-    from .http import PrometheusReader
-
     reader = PrometheusReader()
     metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
     return reader
@@ -281,12 +280,7 @@ def _run_command(args: argparse.Namespace) -> int:
     pool = load_pool(args.target)
     if pool.state is not PoolState.CREATED:
         raise CommandLineError(f"{args.target} is {pool.state.value}: a pool runs only once")
-    # The pool is not running yet, so its limits can still change (argparse checked them).
-    if args.concurrency is not None:
-        pool.concurrency_limit = args.concurrency
-        pool.prefetch = args.concurrency
-    if args.prefetch is not None:
-        pool.prefetch = args.prefetch
+    pool = _with_limits(pool, concurrency=args.concurrency, prefetch=args.prefetch)
     queues = tuple(args.queue or pool.queues)
     if not queues:
         raise CommandLineError(
@@ -305,10 +299,6 @@ def _run_command(args: argparse.Namespace) -> int:
         broker = redact_url(url)
         try:
             backend = make_backend(url, queues, wait_for_broker=args.wait_for_broker)
-        except ImportError as exc:
-            raise CommandLineError(
-                f"cannot use {broker}: the RabbitMQ backend cannot be loaded: {exc}"
-            ) from None
         except ConfigurationError as exc:
             raise CommandLineError(f"invalid broker settings for {broker}: {exc}") from None
     return run_on_loop(
@@ -325,9 +315,25 @@ def _run_command(args: argparse.Namespace) -> int:
     )
 
 
-def _supervise(args: argparse.Namespace) -> int:
-    from .supervisor import supervise
+def _with_limits(pool: WorkerPool, *, concurrency: int | None, prefetch: int | None) -> WorkerPool:
+    # `--concurrency` and `--prefetch` give a new pool with the same workers and middleware,
+    # validated by the constructor; the loaded pool itself is never changed. `--concurrency`
+    # alone sets the prefetch too, as it does for a pool built with only a concurrency limit.
+    if concurrency is None and prefetch is None:
+        return pool
+    return WorkerPool(
+        workers=pool.workers,
+        middleware=pool.middleware,
+        strategy=pool.strategy,
+        concurrency_limit=concurrency or pool.concurrency_limit,
+        queues=pool.queues,
+        prefetch=prefetch or concurrency or pool.prefetch,
+        name=pool.name,
+        on_unsettled_failure=pool.on_unsettled_failure,
+    )
 
+
+def _supervise(args: argparse.Namespace) -> int:
     load_pool(args.target)  # fail here, once, rather than in N children
     url: str | None = args.url or os.environ.get(ENV_URL) or None
     if url is None:
@@ -361,4 +367,4 @@ def _supervise(args: argparse.Namespace) -> int:
     if not args.gc_freeze:
         child.append("--no-gc-freeze")
     # The URL travels in the environment: a command line is visible to every local user.
-    return asyncio.run(supervise(child, args.processes, env={ENV_URL: url}))
+    return asyncio.run(supervisor.supervise(child, args.processes, env={ENV_URL: url}))

@@ -14,10 +14,10 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
-from ._cli_common import ENV_URL, CommandLineError
-from ._redact import redact
-from .dlq import DeadLetterInfo, DeadLetterQueue
-from .errors import BackendError, ConfigurationError
+from .._redact import redact
+from ..dlq import DeadLetterInfo, DeadLetterQueue
+from ..errors import BackendError, ConfigurationError
+from .common import ENV_URL, CommandLineError
 
 __all__ = ["add_dlq_command"]
 

@@ -25,15 +25,15 @@ from typing import Any, TextIO
 
 from pydantic import BaseModel, Field
 
-from . import wire
-from .backends.memory import MemoryBackend, StoredMessage
-from .builder import WorkerPoolBuilder
-from .errors import ConfigurationError, DeadLetter, RetryLater
-from .message import Message
-from .middleware import AckNackMiddleware, RetryMiddleware
-from .pool import WorkerPool
-from .strategies import LoadBalancingStrategy
-from .worker import Worker
+from .. import wire
+from ..backends.memory import MemoryBackend, StoredMessage
+from ..builder import WorkerPoolBuilder
+from ..errors import ConfigurationError, DeadLetter, RetryLater
+from ..message import Message
+from ..middleware import AckNackMiddleware, RetryMiddleware
+from ..pool import WorkerPool
+from ..strategies import LoadBalancingStrategy
+from ..worker import Worker
 
 __all__ = ["DemoResult", "Order", "OrderWorker", "build_pool", "format_summary", "run_demo"]
 

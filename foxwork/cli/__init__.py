@@ -23,8 +23,11 @@ import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 
-from . import __version__
-from ._cli_common import (
+from .. import __version__
+from .._redact import RedactingFormatter, redact
+from ..errors import ConfigurationError
+from . import demo
+from .common import (
     ENV_URL,
     EXIT_OK,
     EXIT_USAGE,
@@ -34,8 +37,8 @@ from ._cli_common import (
     add_log_level,
     positive_int,
 )
-from ._cli_dlq import add_dlq_command
-from ._cli_run import (
+from .dlq import add_dlq_command
+from .run import (
     EVENT_LOOPS,
     add_run_command,
     load_pool,
@@ -43,9 +46,7 @@ from ._cli_run import (
     make_backend,
     run_on_loop,
 )
-from ._redact import RedactingFormatter, redact
-from ._serve import serve
-from .errors import ConfigurationError
+from .serve import serve
 
 __all__ = [
     "COMMANDS",
@@ -73,8 +74,6 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 def add_demo_command(subparsers: Subparsers) -> None:
     """`foxwork demo`: the example order pool on the in-memory backend."""
-    from . import _demo
-
     parser = subparsers.add_parser(
         "demo",
         help="watch an example pool process orders, with retries and dead letters",
@@ -87,17 +86,16 @@ def add_demo_command(subparsers: Subparsers) -> None:
     parser.add_argument(
         "--messages",
         type=positive_int,
-        default=_demo.DEFAULT_MESSAGES,
+        default=demo.DEFAULT_MESSAGES,
         metavar="N",
-        help=f"orders to process, at least {_demo.MIN_MESSAGES} "
-        f"(default: {_demo.DEFAULT_MESSAGES})",
+        help=f"orders to process, at least {demo.MIN_MESSAGES} (default: {demo.DEFAULT_MESSAGES})",
     )
     parser.add_argument(
         "--workers",
         type=positive_int,
-        default=_demo.DEFAULT_WORKERS,
+        default=demo.DEFAULT_WORKERS,
         metavar="K",
-        help=f"workers in the pool (default: {_demo.DEFAULT_WORKERS})",
+        help=f"workers in the pool (default: {demo.DEFAULT_WORKERS})",
     )
     parser.add_argument(
         "--seed",
@@ -166,15 +164,13 @@ def _logging(level: str) -> Iterator[None]:
 
 
 def _demo_command(args: argparse.Namespace) -> int:
-    from . import _demo
-
     try:
         result = asyncio.run(
-            _demo.run_demo(
+            demo.run_demo(
                 messages=args.messages, workers=args.workers, seed=args.seed, out=sys.stdout
             )
         )
     except ConfigurationError as exc:
         raise CommandLineError(str(exc)) from None
-    print(_demo.format_summary(result), flush=True)
+    print(demo.format_summary(result), flush=True)
     return EXIT_OK
