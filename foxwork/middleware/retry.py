@@ -49,8 +49,8 @@ class RetryMiddleware:
     count survives the crash. On quorum queues the broker's delivery limit dead-letters the
     message. On classic queues the broker only marks a delivery `redelivered`: this
     middleware then does not process it, but publishes a confirmed copy with
-    `x-redelivery-count` raised by one through the retry queue (the crash counts as a
-    failed attempt) and acks it; the copy is processed when it comes back. A message
+    `x-redelivery-count` raised by one through the retry queue (as the same attempt: a
+    crash is no failed attempt) and acks it; the copy is processed when it comes back. A message
     redelivered `max_redeliveries` times goes to `Q-dlq` unprocessed, with a reason saying
     so. This works for messages without a `message_id` too (their id is a digest of their
     content, the same on every delivery).
@@ -164,10 +164,12 @@ class RetryMiddleware:
             logger.warning("message %s: %s; dead-lettering", message.id, reason)
             await message.dead_letter(DeadLetter(reason))
             raise DeadLetter(reason)
-        # The copy comes back through the retry queue with the count in its headers; the
-        # crash counts as a failed attempt.
+        # The copy comes back through the retry queue with the count in its headers, as the
+        # same attempt: a crash is counted here, not as a failed attempt (`x-retry-attempt`
+        # on the copy says how many attempts failed before it, as it did on the delivery).
         message.properties = message.properties.with_header(wire.REDELIVERY_COUNT, crashes)
         message.headers = message.properties.headers
+        message.attempt -= 1
         delay = self.backoff(crashes)
         logger.warning(
             "message %s came back unsettled (%d time(s): its worker process died or lost "

@@ -225,7 +225,7 @@ class CopySettler(RecordingSettler):
 
     async def publish_retry(self, message: Message[Any], *, delay: float) -> None:
         await super().publish_retry(message, delay=delay)
-        self.copies.append(dict(message.headers))
+        self.copies.append(wire.retry_headers(message.headers, message.attempt))
 
 
 async def crashing(message: Message[Any]) -> None:
@@ -244,6 +244,23 @@ async def test_a_redelivered_classic_message_is_counted_on_a_copy_not_processed(
     assert settler.names == ["publish_retry", "ack"]
     assert settler.copies[0]["x-redelivery-count"] == 1
     assert message.state is SettleState.RETRIED
+
+
+async def test_a_crash_is_not_a_failed_attempt_the_copy_comes_back_as_the_same_attempt() -> None:
+    # Given the third attempt of a message, redelivered after its process died holding it
+    settler = CopySettler()
+    message = make_message(
+        settler=settler, redelivered=True, message_id="order-8", headers={"x-retry-attempt": 2}
+    )
+    assert message.attempt == 3
+
+    # When it reaches the middleware
+    await RetryMiddleware(max_attempts=3, max_redeliveries=3)(message, crashing)
+
+    # Then its copy is its third attempt again, not a fourth (which would be past the limit)
+    [copy] = settler.copies
+    assert copy["x-retry-attempt"] == 2
+    assert copy["x-redelivery-count"] == 1
 
 
 async def test_the_crash_count_survives_a_restart_and_dead_letters_the_message() -> None:
