@@ -28,9 +28,12 @@ RETRY_ATTEMPT = "x-retry-attempt"
 REDELIVERY_COUNT = "x-redelivery-count"
 #: Quorum queues: how often the broker delivered the message before (set on redelivery).
 DELIVERY_COUNT = "x-delivery-count"
+#: The broker's dead-letter history of a message: a list of tables (queue, reason, count,
+#: time, exchange, routing-keys), the latest death first.
+DEATH_HISTORY = "x-death"
 #: Headers the broker adds when it dead-letters a message.
 DEATH_HEADERS = (
-    "x-death",
+    DEATH_HISTORY,
     "x-first-death-exchange",
     "x-first-death-queue",
     "x-first-death-reason",

@@ -48,6 +48,13 @@ def test_the_dead_letter_header_list_is_exactly_the_contract_in_its_order() -> N
     )
 
 
+def test_the_brokers_dead_letter_history_is_read_from_x_death_and_dropped_with_its_kin() -> None:
+    # RabbitMQ's name, not foxwork's: the DLQ tooling reads a broker-made dead letter from it
+    assert wire.DEATH_HISTORY == "x-death"
+    assert wire.DEATH_HISTORY in wire.DEATH_HEADERS
+    assert wire.DEATH_HISTORY in wire.BROKER_HEADERS
+
+
 @pytest.mark.parametrize("delay_ms", [10, 1200, 300_000])
 def test_every_retry_queue_name_starts_with_the_retry_prefix(delay_ms: int) -> None:
     # Given / When
