@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from foxwork import DeadLetter, Message, MessageProperties, Worker, WorkerPool
 from foxwork.backends import RabbitMQBackend, ResilientBackend
-from foxwork.dlq import DeadLetterQueue
+from foxwork.backends.rabbitmq.dlq import DeadLetterQueue
 from foxwork.middleware import AckNackMiddleware, RetryMiddleware
 
 QUEUE = "example-orders"

@@ -9,7 +9,7 @@ means is derived from the code rather than listed here, so a class added to a mo
   `backends.rabbitmq`, counts with its own curated `__all__`).
 - `foxwork` re-exports from the top-level modules it chose (errors, message, pool, ...):
   once a module contributes one name, every class and function in its `__all__` is exported.
-  Modules used as namespaces (`foxwork.dlq`, `foxwork.wire`, `foxwork.cli`) contribute none.
+  Modules used as namespaces (`foxwork.wire`, `foxwork.cli`) contribute none.
 """
 
 from __future__ import annotations

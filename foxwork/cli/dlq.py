@@ -1,7 +1,8 @@
 """`foxwork dlq list | show | replay | purge QUEUE`: the dead-letter queue from a shell.
 
-A thin layer over `foxwork.dlq.DeadLetterQueue`; see there for the guarantees (browsing
-does not consume, replay removes a dead letter only after its copy is confirmed).
+A thin layer over `foxwork.backends.rabbitmq.dlq.DeadLetterQueue`; see there for the
+guarantees (browsing does not consume, replay removes a dead letter only after its copy is
+confirmed).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
 from .._redact import redact
-from ..dlq import DeadLetterInfo, DeadLetterQueue
+from ..backends.rabbitmq.dlq import DeadLetterInfo, DeadLetterQueue
 from ..errors import BackendError, ConfigurationError
 from .common import ENV_URL, CommandLineError
 

@@ -7,6 +7,8 @@
 - `Recorder`: a worker that records each delivery and runs a scripted behaviour; tests wait
   on its records (an `asyncio.Condition`), never on a sleep.
 - `wait_until`: poll broker state with a deadline (for what no event can tell).
+- `dead_letter`, `put_dead_letters`: dead letters as foxwork writes them, put straight into
+  a DLQ; `max_message_size`: make the broker refuse large messages for a while.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import aio_pika
@@ -27,18 +30,23 @@ from pamqp import header as amqp_header
 from pamqp.exceptions import UnmarshalingException
 from yarl import URL
 
-from foxwork import Message, MessageProperties, Worker
+from foxwork import Message, MessageProperties, Worker, wire
 from foxwork.backends.rabbitmq import RabbitMQBackend
+from tests.harness.rabbitmq import RabbitMQNode
 
 __all__ = [
+    "SMALL_MAX_MESSAGE_SIZE",
     "Behaviour",
     "Delivery",
     "RabbitProbe",
     "Received",
     "Recorder",
+    "dead_letter",
     "delete_topology",
     "fail_while",
+    "max_message_size",
     "publish_without_message_id",
+    "put_dead_letters",
     "wait_until",
 ]
 
@@ -412,3 +420,55 @@ class Recorder(Worker[Any]):
             what=f"{', '.join(ids)} processed",
             timeout=timeout,
         )
+
+
+# -- dead letters ------------------------------------------------------------------------
+
+#: The broker's largest message, in bytes, while a test needs it to refuse a big copy.
+SMALL_MAX_MESSAGE_SIZE = 16 * 1024
+
+
+def dead_letter(
+    queue: str, message_id: str, *, body: bytes | None = None, **properties: Any
+) -> aio_pika.Message:
+    """A dead letter as foxwork writes it, of a message that failed in `queue`."""
+    headers: dict[str, Any] = {
+        wire.ORIGINAL_QUEUE: queue,
+        wire.ORIGINAL_ROUTING_KEY: queue,
+        wire.ORIGINAL_EXCHANGE: "",
+        wire.FAILURE_REASON: f"could not price {message_id}",
+        wire.EXCEPTION_TYPE: "shop.PricingError",
+        wire.FINAL_ATTEMPT: 3,
+        wire.FAILED_AT: "2024-05-01T12:00:00+00:00",
+    }
+    return aio_pika.Message(
+        json.dumps({"order": message_id}).encode() if body is None else body,
+        message_id=message_id,
+        content_type="application/json",
+        headers=headers,
+        **properties,
+    )
+
+
+async def put_dead_letters(url: str, dlq: str, *letters: aio_pika.Message) -> None:
+    """Publish `letters` into `dlq` in this order, each confirmed, as the user of `url`."""
+    connection = await aio_pika.connect(url, timeout=10)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        for letter in letters:
+            await channel.default_exchange.publish(letter, routing_key=dlq, mandatory=True)
+
+
+@contextlib.contextmanager
+def max_message_size(node: RabbitMQNode, size: int) -> Iterator[None]:
+    """The broker refuses messages larger than `size` bytes on channels opened meanwhile
+    (closing the channel: PRECONDITION_FAILED)."""
+    before = node.ctl("eval", "application:get_env(rabbit, max_message_size).").strip()
+    node.ctl("eval", f"application:set_env(rabbit, max_message_size, {size}).")
+    try:
+        yield
+    finally:
+        if before.startswith("{ok,"):
+            node.ctl("eval", f"application:set_env(rabbit, max_message_size, {before[4:-1]}).")
+        else:
+            node.ctl("eval", "application:unset_env(rabbit, max_message_size).")

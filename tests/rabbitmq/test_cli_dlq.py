@@ -20,9 +20,10 @@ from tests.apps.process import Completed, foxwork_env, run_foxwork
 from tests.harness.rabbitmq import RabbitMQNode
 
 from .conftest import BackendFactory, PoolStarter
-from .support import RabbitProbe, Recorder
-from .test_dlq_streaming import (
+from .support import (
     SMALL_MAX_MESSAGE_SIZE,
+    RabbitProbe,
+    Recorder,
     dead_letter,
     max_message_size,
     put_dead_letters,

@@ -8,49 +8,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
-import aio_pika
 import pytest
 
-from foxwork import dlq as dlq_module
-from foxwork import wire
-from foxwork.dlq import DeadLetterQueue
+from foxwork.backends.rabbitmq import replay as replay_module
+from foxwork.backends.rabbitmq.dlq import DeadLetterQueue
 from tests.harness.rabbitmq import RabbitMQNode
 
 from .conftest import UserFactory
-from .support import RabbitProbe
+from .support import (
+    SMALL_MAX_MESSAGE_SIZE,
+    RabbitProbe,
+    dead_letter,
+    max_message_size,
+    put_dead_letters,
+)
 
 pytestmark = pytest.mark.rabbitmq
 
 #: Dead letters in the large DLQ: far more than any of the operations below needs to read.
 DEAD_LETTERS = 300
-#: The broker's largest message, in bytes, while a test needs it to refuse a big copy.
-SMALL_MAX_MESSAGE_SIZE = 16 * 1024
-
-
-def dead_letter(
-    queue: str, message_id: str, *, body: bytes | None = None, **properties: Any
-) -> aio_pika.Message:
-    """A dead letter as foxwork writes it, of a message that failed in `queue`."""
-    headers: dict[str, Any] = {
-        wire.ORIGINAL_QUEUE: queue,
-        wire.ORIGINAL_ROUTING_KEY: queue,
-        wire.ORIGINAL_EXCHANGE: "",
-        wire.FAILURE_REASON: f"could not price {message_id}",
-        wire.EXCEPTION_TYPE: "shop.PricingError",
-        wire.FINAL_ATTEMPT: 3,
-        wire.FAILED_AT: "2024-05-01T12:00:00+00:00",
-    }
-    return aio_pika.Message(
-        json.dumps({"order": message_id}).encode() if body is None else body,
-        message_id=message_id,
-        content_type="application/json",
-        headers=headers,
-        **properties,
-    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,15 +48,6 @@ async def queues(rabbitmq_url: str, queue_name: str, probe: RabbitProbe) -> Asyn
     await probe.declare_plain_queue(queues.dlq)
     yield queues
     await probe.delete_queues(queues.queue, queues.dlq)
-
-
-async def put_dead_letters(url: str, dlq: str, *letters: aio_pika.Message) -> None:
-    """Publish `letters` into `dlq` in this order, each confirmed, as the user of `url`."""
-    connection = await aio_pika.connect(url, timeout=10)
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True)
-        for letter in letters:
-            await channel.default_exchange.publish(letter, routing_key=dlq, mandatory=True)
 
 
 @pytest.fixture
@@ -183,7 +153,7 @@ async def test_a_filtered_rate_limited_replay_hands_back_what_it_passed_over_to_
     # Given a DLQ of 300 dead letters, and a replay that holds the dead letters it passed
     # over for no time at all before it waits on the rate limit (minutes, normally)
     queues, ids = large_dlq
-    monkeypatch.setattr(dlq_module, "_HOLD_LIMIT", 0.0)
+    monkeypatch.setattr(replay_module, "_HOLD_LIMIT", 0.0)
 
     # When a user replays the 6th and 7th at one every 1,000 s, and the 6th is back in its
     # queue
@@ -204,21 +174,6 @@ async def test_a_filtered_rate_limited_replay_hands_back_what_it_passed_over_to_
 
 
 # -- a copy the broker refuses -----------------------------------------------------------
-
-
-@contextlib.contextmanager
-def max_message_size(node: RabbitMQNode, size: int) -> Iterator[None]:
-    """The broker refuses messages larger than `size` bytes on channels opened meanwhile
-    (closing the channel: PRECONDITION_FAILED)."""
-    before = node.ctl("eval", "application:get_env(rabbit, max_message_size).").strip()
-    node.ctl("eval", f"application:set_env(rabbit, max_message_size, {size}).")
-    try:
-        yield
-    finally:
-        if before.startswith("{ok,"):
-            node.ctl("eval", f"application:set_env(rabbit, max_message_size, {before[4:-1]}).")
-        else:
-            node.ctl("eval", "application:unset_env(rabbit, max_message_size).")
 
 
 async def test_a_copy_the_broker_refuses_fails_alone_and_the_replay_goes_on(

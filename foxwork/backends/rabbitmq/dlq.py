@@ -1,0 +1,431 @@
+"""Inspect, replay and purge a queue's dead letters on RabbitMQ (`foxwork dlq ...` in code).
+
+Listing browses `Q-dlq` without consuming it: messages are fetched unacknowledged, one at a
+time and only as far as needed (a limit, the id shown), and all put back in order when the
+browse ends. Replay reads the same way and publishes each chosen dead letter back to the
+queue it failed in as it comes (through the default exchange, so queues bound to the same
+routing key do not get a second copy), with publisher confirms, and removes the dead letter
+only after its copy is confirmed: an interrupted replay leaves every message in the DLQ or
+in the queue, at worst in both, never in neither.
+
+Dead letters made by foxwork carry `x-failure-reason` and friends; those the broker made
+(rejections, a quorum queue's delivery limit) carry `x-death`, and the reason is read from it.
+
+Example:
+    async with DeadLetterQueue("amqp://guest:guest@127.0.0.1/", "orders") as dlq:
+        for letter in await dlq.list():
+            print(letter.id, letter.reason)
+        result = await dlq.replay(reason_match="timeout", limit=100)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import re
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
+from aiolimiter import AsyncLimiter
+from yarl import URL
+
+from ... import wire
+from ..._redact import redact, redact_url
+from ...errors import ConfigurationError, ConnectionLost
+from ._io import TRANSPORT_ERRORS, mapped
+from .config import RabbitMQConsumerConfig
+from .convert import connection_user
+from .replay import Replay, ReplayResult
+
+logger = logging.getLogger("foxwork.dlq")
+
+__all__ = ["DeadLetterInfo", "DeadLetterQueue", "ReplayResult"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DeadLetterInfo:
+    """One message in a dead-letter queue.
+
+    Attributes:
+        id: the message id ("" when it has none).
+        queue: the queue it failed in.
+        routing_key: the routing key it was originally published with.
+        exchange: the exchange it was originally published to ("" = default).
+        reason: `x-failure-reason`, or the broker's reason from `x-death`.
+        exception_type: `x-exception-type` ("" when the broker dead-lettered it).
+        final_attempt: the attempt that failed last (0 when unknown).
+        failed_at: when it was dead-lettered (ISO 8601), "" when unknown.
+        source: "foxwork" (published with diagnostic headers) or "broker" (x-death).
+        headers, body, properties: the message as stored.
+    """
+
+    id: str
+    queue: str
+    routing_key: str
+    exchange: str
+    reason: str
+    exception_type: str
+    final_attempt: int
+    failed_at: str
+    source: str
+    headers: Mapping[str, Any]
+    body: bytes
+    properties: Mapping[str, Any]
+
+    def summary(self) -> dict[str, Any]:
+        """The fields `foxwork dlq list` shows, JSON-serialisable."""
+        return {
+            "id": self.id,
+            "reason": self.reason,
+            "exception_type": self.exception_type,
+            "final_attempt": self.final_attempt,
+            "failed_at": self.failed_at,
+            "queue": self.queue,
+            "routing_key": self.routing_key,
+            "source": self.source,
+        }
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _describe(message: AbstractIncomingMessage, queue: str) -> DeadLetterInfo:
+    """What a dead letter says; `queue` (whose DLQ it is in) stands in for the queue it
+    failed in when the dead letter does not name it."""
+    headers: dict[str, Any] = dict(message.headers or {})
+    deaths = headers.get(wire.DEATH_HISTORY)
+    death: Mapping[str, Any] = deaths[0] if isinstance(deaths, list) and deaths else {}
+    if wire.FAILURE_REASON in headers:
+        source = "foxwork"
+        queue = _text(headers.get(wire.ORIGINAL_QUEUE))
+        routing_key = _text(headers.get(wire.ORIGINAL_ROUTING_KEY))
+        exchange = _text(headers.get(wire.ORIGINAL_EXCHANGE))
+        reason = _text(headers.get(wire.FAILURE_REASON))
+        exception_type = _text(headers.get(wire.EXCEPTION_TYPE))
+        final_attempt = _int(headers.get(wire.FINAL_ATTEMPT))
+        failed_at = _text(headers.get(wire.FAILED_AT))
+    else:
+        source = "broker"
+        queue = _text(death.get("queue")) or queue
+        keys = death.get("routing-keys") or []
+        routing_key = _text(keys[0]) if keys else queue
+        exchange = _text(death.get("exchange"))
+        why = _text(death.get("reason")) or "unknown"
+        reason = f"dead-lettered by the broker: {why}"
+        if why == "delivery_limit":
+            reason += " (the message was delivered too often without being settled)"
+        exception_type = ""
+        final_attempt = _int(headers.get(wire.DELIVERY_COUNT)) or _int(death.get("count"))
+        when = death.get("time")
+        failed_at = when.isoformat() if isinstance(when, datetime) else _text(when)
+    properties = {
+        "content_type": message.content_type,
+        "content_encoding": message.content_encoding,
+        "correlation_id": message.correlation_id,
+        "reply_to": message.reply_to,
+        "priority": message.priority,
+        "app_id": message.app_id,
+        "type": message.type,
+        "timestamp": message.timestamp.isoformat() if message.timestamp else None,
+    }
+    return DeadLetterInfo(
+        id=message.message_id or "",
+        queue=queue,
+        routing_key=routing_key,
+        exchange=exchange,
+        reason=reason,
+        exception_type=exception_type,
+        final_attempt=final_attempt,
+        failed_at=failed_at,
+        source=source,
+        headers=headers,
+        body=message.body,
+        properties=properties,
+    )
+
+
+class DeadLetterQueue:
+    """The dead-letter queue of one queue on RabbitMQ.
+
+    It connects as `RabbitMQBackend` does (heartbeat, TLS and connect timeout of a
+    `RabbitMQConsumerConfig`), and aio-pika errors surface as foxwork's `BackendError`s.
+
+    Args:
+        url: the broker URL (never shown in errors or logs).
+        queue: the main queue whose DLQ this is.
+        dead_letter_queue: the DLQ name when it is not the default `Q-dlq`.
+        connect_timeout: seconds to connect.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        queue: str,
+        *,
+        dead_letter_queue: str | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        config = RabbitMQConsumerConfig(
+            url=url,
+            queue=queue,
+            dead_letter_queue=dead_letter_queue,
+            connect_timeout=connect_timeout,
+        )
+        self.queue = queue
+        self.name = config.names(queue).dead_letter_queue
+        self._config = config.model_copy(update={"connection_name": f"foxwork dlq {self.name}"})
+        self._url = self._config.urls[0]
+        self._connection: AbstractConnection | None = None
+        #: Dead letters the last browse counted but could not read (held by another client).
+        self.unread = 0
+
+    def __repr__(self) -> str:
+        return f"<DeadLetterQueue {self.name!r} at {redact_url(self._url)}>"
+
+    async def __aenter__(self) -> DeadLetterQueue:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Connect to the first broker URL that answers.
+
+        Raises:
+            ConnectionLost: no URL answered; says why for each, URLs redacted.
+        """
+        if self._connection is not None:
+            return
+        errors: list[str] = []
+        for url in self._config.urls:
+            try:
+                self._connection = await aio_pika.connect(
+                    URL(url).update_query(heartbeat=self._config.heartbeat),
+                    timeout=self._config.connect_timeout,
+                    ssl_context=self._config.ssl_context,
+                    client_properties={"connection_name": self._config.connection_name},
+                )
+            except (*TRANSPORT_ERRORS, TimeoutError) as exc:
+                errors.append(f"{redact_url(url)}: {type(exc).__name__}: {redact(str(exc))}")
+                continue
+            self._url = url
+            return
+        raise ConnectionLost("cannot connect to " + "; ".join(errors))
+
+    async def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.close()
+
+    async def _channel(self, *, confirms: bool = False) -> AbstractChannel:
+        if self._connection is None:
+            await self.connect()
+        assert self._connection is not None
+        try:
+            return await self._connection.channel(
+                publisher_confirms=confirms, on_return_raises=confirms
+            )
+        except TRANSPORT_ERRORS as exc:
+            # aiormq says "connection closed" with a bare RuntimeError.
+            raise ConnectionLost(
+                f"lost the connection to {redact_url(self._url)}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    @contextlib.asynccontextmanager
+    async def _browsing(self, what: str) -> AsyncIterator[AbstractChannel]:
+        """A channel of its own for `what`, aio-pika errors mapped; closing it afterwards
+        returns every message not acked to the DLQ, in order."""
+        async with mapped(f"{what} {self.name}"):
+            channel = await self._channel()
+            try:
+                yield channel
+            finally:
+                await channel.close()
+
+    def _describe(self, message: AbstractIncomingMessage) -> DeadLetterInfo:
+        return _describe(message, self.queue)
+
+    async def count(self) -> int:
+        """Messages in the DLQ right now."""
+        async with self._browsing("counting") as channel:
+            try:
+                queue = await channel.declare_queue(self.name, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity as exc:
+                raise ConfigurationError(
+                    f"there is no dead-letter queue {self.name!r}: check the queue name "
+                    "(foxwork declares it when a pool first consumes the queue)"
+                ) from exc
+            return queue.declaration_result.message_count or 0
+
+    async def _existing_queue(self, channel: AbstractChannel) -> AbstractQueue:
+        """The dead-letter queue, looked up without creating it."""
+        try:
+            return await channel.declare_queue(self.name, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity as exc:
+            raise ConfigurationError(
+                f"there is no dead-letter queue {self.name!r}: check the queue name"
+            ) from exc
+
+    async def _fetch(
+        self, channel: AbstractChannel, limit: int | None = None
+    ) -> AsyncGenerator[AbstractIncomingMessage]:
+        """The dead letters there now, oldest first, left unacknowledged.
+
+        One `basic.get` each, only when the caller asks for the next: nothing is checked
+        out ahead of need, and stopping early leaves the rest untouched. Closing `channel`
+        puts every message not acked back in its place.
+        """
+        queue = await self._existing_queue(channel)
+        total = queue.declaration_result.message_count or 0
+        wanted = total if limit is None else min(total, limit)
+        fetched = 0
+        # Only as many as were there when we looked: messages that a running pool adds
+        # meanwhile are left alone, and requeued ones are not fetched twice.
+        while fetched < wanted:
+            message = await queue.get(no_ack=False, fail=False)
+            if message is None:
+                break
+            fetched += 1
+            yield message
+        self._count_unread(wanted - fetched, wanted)
+
+    def _count_unread(self, unread: int, wanted: int) -> None:
+        # Messages another client holds unacked (another browse, a consumer of the DLQ) are
+        # invisible until it lets go: say so rather than pretend the list is complete.
+        self.unread = unread
+        if unread:
+            logger.warning(
+                "%d of %d dead letters in %s could not be read: another client holds them "
+                "(another `foxwork dlq` run, or a consumer of the DLQ); try again",
+                unread,
+                wanted,
+                self.name,
+            )
+
+    async def list(self, *, limit: int | None = None) -> list[DeadLetterInfo]:
+        """The dead letters, oldest first, without consuming them.
+
+        With a `limit`, only the first `limit` dead letters are read; the others are never
+        fetched.
+        """
+        async with (
+            self._browsing("listing") as channel,
+            contextlib.aclosing(self._fetch(channel, limit)) as messages,
+        ):
+            return [self._describe(message) async for message in messages]
+
+    async def show(self, message_id: str) -> DeadLetterInfo | None:
+        """The oldest dead letter with this message id, or None.
+
+        Reading stops at that dead letter: the ones after it are never fetched, and only
+        the matching one is kept in memory.
+        """
+        async with (
+            self._browsing("showing a dead letter of") as channel,
+            contextlib.aclosing(self._fetch(channel)) as messages,
+        ):
+            async for message in messages:
+                if (message.message_id or "") == message_id:
+                    return self._describe(message)
+        return None
+
+    async def replay(
+        self,
+        *,
+        ids: Collection[str] | None = None,
+        reason_match: str | None = None,
+        limit: int | None = None,
+        rate: float | None = None,
+        dry_run: bool = False,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> ReplayResult:
+        """Publish chosen dead letters back to their queue, confirmed, then remove them.
+
+        The DLQ is read oldest first, one dead letter at a time, and each chosen one is
+        replayed before the next is read: the replay holds in memory only the dead letter
+        at hand, and stops reading once `limit` is reached. The dead letters it passes
+        over stay in the DLQ, in order. Waiting on the rate limit, it does not keep the
+        next dead letter checked out, nor (past a few minutes) those it passed over, so a
+        slow replay is not cut off by the broker's acknowledgement timeout.
+
+        A copy the broker refuses, or that is not confirmed, counts as failed and its dead
+        letter stays; when the broker closes the publishing channel, the replay opens
+        another and goes on. When it cannot go on (the connection is lost), it stops and
+        says why in `ReplayResult.stopped`: every dead letter not replayed is still in the
+        DLQ.
+
+        A copy keeps the dead letter's `user_id` only when it names the user the replay
+        connects as (the broker refuses any other); otherwise the copy has none.
+
+        Args:
+            ids: only these message ids (default: all).
+            reason_match: only dead letters whose reason matches this regular expression.
+            limit: at most this many.
+            rate: at most this many per second.
+            dry_run: choose, report, change nothing.
+            on_progress: called with (dead letters read, dead letters there at the start)
+                after each dead letter read; a replay that reaches `limit` ends before the
+                first number reaches the second.
+        """
+        try:
+            pattern = re.compile(reason_match) if reason_match else None
+        except re.error as exc:
+            raise ConfigurationError(
+                f"reason_match={reason_match!r} is not a valid regex: {exc}"
+            ) from exc
+        if rate is not None and rate <= 0:
+            raise ConfigurationError(f"rate={rate!r} must be a positive number per second")
+        if limit is not None and limit < 1:
+            raise ConfigurationError(f"limit={limit!r} must be at least 1")
+        wanted = set(ids) if ids else None
+
+        def chosen(letter: DeadLetterInfo) -> bool:
+            return (wanted is None or letter.id in wanted) and (
+                pattern is None or pattern.search(letter.reason) is not None
+            )
+
+        run = Replay(
+            self,
+            chosen=chosen,
+            limit=limit,
+            # One at a time, one every 1/rate seconds (also below one a second).
+            limiter=AsyncLimiter(1, 1 / rate) if rate else None,
+            dry_run=dry_run,
+            on_progress=on_progress,
+            user=connection_user(self._url),
+        )
+        return await run.run()
+
+    async def purge(self) -> int:
+        """Delete every dead letter; returns how many there were."""
+        async with self._browsing("purging") as channel:
+            queue = await self._existing_queue(channel)
+            result = await queue.purge()
+            return int(result.message_count or 0)

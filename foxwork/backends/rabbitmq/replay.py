@@ -1,0 +1,305 @@
+"""One run of `DeadLetterQueue.replay()`: read the DLQ in passes, publish each chosen dead
+letter back to its queue with publisher confirms, and remove it only once its copy is
+confirmed. An interrupted replay leaves every message in the DLQ or in the queue, at worst
+in both, never in neither.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aiolimiter import AsyncLimiter
+
+from ... import wire
+from ...errors import ConnectionLost
+from ._io import TRANSPORT_ERRORS
+from .convert import copyable_user_id
+
+if TYPE_CHECKING:
+    from .dlq import DeadLetterInfo, DeadLetterQueue
+
+__all__ = ["Replay", "ReplayResult"]
+
+logger = logging.getLogger("foxwork.dlq")
+
+#: Headers foxwork and the broker add to a dead letter, and the counts of its attempts and
+#: deliveries: a replayed copy drops them, it starts afresh.
+_DIAGNOSTIC_HEADERS = (
+    wire.RETRY_ATTEMPT,
+    wire.REDELIVERY_COUNT,
+    *wire.DEAD_LETTER_HEADERS,
+    *wire.BROKER_HEADERS,
+)
+#: Seconds a replay keeps the dead letters it passed over checked out while it waits on
+#: the rate limit; past that it hands them back before waiting. Well inside RabbitMQ's
+#: acknowledgement timeout (30 minutes by default), which would close the channel.
+_HOLD_LIMIT = 300.0
+#: Passes in a row a replay starts again after losing its channel to the DLQ without
+#: getting any further, before it stops.
+_MAX_FRUITLESS_PASSES = 3
+#: Seconds a replay waits for the broker to confirm one copy.
+_CONFIRM_TIMEOUT = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplayResult:
+    """What `replay()` did.
+
+    Attributes:
+        replayed: ids replayed (or that would be, in a dry run), in DLQ order.
+        failed: ids whose copy was not confirmed: they stay in the DLQ.
+        skipped: how many of the dead letters there at the start were left alone (not
+            chosen, beyond the limit, or not read).
+        dry_run: nothing was changed.
+        stopped: why the replay stopped before it was done ("" when it did not stop
+            early); every dead letter not replayed is still in the DLQ.
+    """
+
+    replayed: list[str]
+    failed: list[str]
+    skipped: int
+    dry_run: bool
+    stopped: str = ""
+
+
+class _PassEnd(enum.Enum):
+    """Why one pass of a replay over the DLQ ended."""
+
+    #: Every dead letter there at the start was read, or the limit was reached.
+    DONE = enum.auto()
+    #: It handed back what it held, to wait on the rate limit with nothing checked out.
+    RELEASED = enum.auto()
+    #: Its channel to the DLQ broke (the dead letters it held went back to the DLQ).
+    LOST = enum.auto()
+
+
+class Replay:
+    """One run of `DeadLetterQueue.replay()`: its choices, its channels and its tally.
+
+    It reads the DLQ in passes, each on a channel of its own. Dead letters it leaves in
+    place (not chosen, failed, or a dry run) stay checked out until the pass ends, since a
+    queue cannot be read past a message without holding it; the broker puts them back in
+    order when the pass's channel closes. The next pass holds that many from the head
+    again, then reads on where the last one stopped.
+    """
+
+    def __init__(
+        self,
+        dlq: DeadLetterQueue,
+        *,
+        chosen: Callable[[DeadLetterInfo], bool],
+        limit: int | None,
+        limiter: AsyncLimiter | None,
+        dry_run: bool,
+        on_progress: Callable[[int, int], None] | None,
+        user: str,
+    ) -> None:
+        self._dlq = dlq
+        self._chosen = chosen
+        self._limit = limit
+        self._limiter = limiter
+        self._dry_run = dry_run
+        self._on_progress = on_progress
+        self._user = user
+        self._publisher: AbstractChannel | None = None
+        self._replayed: list[str] = []
+        self._failed: list[str] = []
+        #: Dead letters at the head of the DLQ this run left there, in order.
+        self._passed = 0
+        #: Dead letters this run removed (their copies confirmed).
+        self._removed = 0
+        #: Dead letters in the DLQ when the run began (None until the first pass looked).
+        self._total: int | None = None
+        #: A rate-limit slot taken while nothing was checked out, for the next copy.
+        self._slot = False
+        #: The id of a dead letter whose copy was confirmed but whose removal was lost with
+        #: its channel: it is back in the DLQ, right after the ones passed over.
+        self._unremoved: str | None = None
+        self._stopped = ""
+
+    @property
+    def _read(self) -> int:
+        return self._passed + self._removed
+
+    def _finished(self) -> bool:
+        if self._stopped:
+            return True
+        if self._limit is not None and len(self._replayed) >= self._limit:
+            return True
+        return self._total is not None and self._read >= self._total
+
+    async def run(self) -> ReplayResult:
+        fruitless = 0
+        try:
+            while not self._finished():
+                before = self._read
+                end = await self._pass()
+                if end is _PassEnd.DONE:
+                    break
+                if end is _PassEnd.RELEASED:
+                    # Nothing is checked out now: wait here, and keep the slot.
+                    assert self._limiter is not None
+                    await self._limiter.acquire()
+                    self._slot = True
+                if end is _PassEnd.LOST:
+                    fruitless = 0 if self._read > before else fruitless + 1
+                    if fruitless > _MAX_FRUITLESS_PASSES:
+                        self._stopped = (
+                            "the channel to the dead-letter queue kept closing; "
+                            "see the log for the broker's reason"
+                        )
+        finally:
+            if self._publisher is not None:
+                await _close_quietly(self._publisher)
+        total = self._total or 0
+        return ReplayResult(
+            replayed=self._replayed,
+            failed=self._failed,
+            skipped=max(total - len(self._replayed) - len(self._failed), 0),
+            dry_run=self._dry_run,
+            stopped=self._stopped,
+        )
+
+    async def _pass(self) -> _PassEnd:
+        try:
+            browse = await self._dlq._channel()
+        except ConnectionLost as exc:
+            self._stopped = str(exc)
+            return _PassEnd.DONE
+        try:
+            return await self._read_on(browse)
+        except TRANSPORT_ERRORS as exc:
+            logger.warning(
+                "the channel reading %s closed (%s: %s); reading on from the start",
+                self._dlq.name,
+                type(exc).__name__,
+                exc,
+            )
+            return _PassEnd.LOST
+        finally:
+            # Everything not acked (passed over, failed, a dry run) goes back to the DLQ.
+            await _close_quietly(browse)
+
+    async def _read_on(self, browse: AbstractChannel) -> _PassEnd:
+        queue = await self._dlq._existing_queue(browse)
+        if self._total is None:
+            self._total = queue.declaration_result.message_count or 0
+        # The dead letters earlier passes left at the head: hold them again to read past.
+        for held in range(self._passed):
+            if await queue.get(no_ack=False, fail=False) is None:
+                self._dlq._count_unread(self._total - self._removed - held, self._total)
+                return _PassEnd.DONE
+        held_since = time.monotonic()
+        while not self._finished():
+            message = await queue.get(no_ack=False, fail=False)
+            if message is None:
+                self._dlq._count_unread(self._total - self._read, self._total)
+                return _PassEnd.DONE
+            letter = self._dlq._describe(message)
+            if self._unremoved is not None:
+                unremoved, self._unremoved = self._unremoved, None
+                if letter.id == unremoved:
+                    # Its copy is confirmed already (and counted): only remove it now.
+                    await message.ack()
+                    self._removed += 1
+                    continue
+            if not self._chosen(letter) or self._dry_run:
+                if self._dry_run and self._chosen(letter):
+                    self._replayed.append(letter.id)
+                self._passed += 1
+            elif not await self._wait_for_slot(held_since):
+                return _PassEnd.RELEASED
+            elif await self._replay_one(message, letter):
+                self._replayed.append(letter.id)
+                # The copy is confirmed: only now does the dead letter go. Should the
+                # channel be gone, the dead letter is back in the DLQ, right after the ones
+                # passed over, and the next pass removes it.
+                self._unremoved = letter.id
+                await message.ack()
+                self._unremoved = None
+                self._removed += 1
+            else:
+                self._failed.append(letter.id)
+                self._passed += 1
+            if self._on_progress is not None:
+                self._on_progress(self._read, self._total)
+        return _PassEnd.DONE
+
+    async def _wait_for_slot(self, held_since: float) -> bool:
+        """Wait for the rate limit to allow the next copy; False when the pass must first
+        hand back what it holds (the dead letter at hand, and the ones it passed over when
+        it has held them for `_HOLD_LIMIT`) and wait with nothing checked out."""
+        if self._slot:
+            self._slot = False
+            return True
+        if self._limiter is None or self._limiter.has_capacity():
+            if self._limiter is not None:
+                await self._limiter.acquire()
+            return True
+        if self._passed and time.monotonic() - held_since < _HOLD_LIMIT:
+            await self._limiter.acquire()
+            return True
+        return False
+
+    async def _open_publisher(self) -> AbstractChannel:
+        if self._publisher is None or self._publisher.is_closed:
+            if self._publisher is not None:
+                await _close_quietly(self._publisher)
+                self._publisher = None
+            self._publisher = await self._dlq._channel(confirms=True)
+        return self._publisher
+
+    async def _replay_one(self, message: AbstractIncomingMessage, letter: DeadLetterInfo) -> bool:
+        headers = {k: v for k, v in letter.headers.items() if k not in _DIAGNOSTIC_HEADERS}
+        copy = aio_pika.Message(
+            message.body,
+            headers=headers,
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            priority=message.priority,
+            correlation_id=message.correlation_id,
+            reply_to=message.reply_to,
+            message_id=message.message_id or None,
+            timestamp=message.timestamp,
+            type=message.type,
+            app_id=message.app_id,
+            # The broker refuses a copy naming another user than the one publishing it.
+            user_id=copyable_user_id(message.user_id, self._user),
+        )
+        try:
+            publisher = await self._open_publisher()
+        except ConnectionLost as exc:
+            self._stopped = str(exc)
+            return False
+        try:
+            await publisher.default_exchange.publish(
+                copy, routing_key=letter.queue, mandatory=True, timeout=_CONFIRM_TIMEOUT
+            )
+        except (aio_pika.exceptions.DeliveryError, TimeoutError, *TRANSPORT_ERRORS) as exc:
+            # Not confirmed: the dead letter stays. A refusal that closed the channel is
+            # the broker's verdict on this copy; the next one gets a fresh channel.
+            logger.warning(
+                "dead letter %r was not replayed (its copy was not confirmed: %s: %s); "
+                "it stays in %s",
+                letter.id,
+                type(exc).__name__,
+                exc,
+                self._dlq.name,
+            )
+            return False
+        return True
+
+
+async def _close_quietly(channel: AbstractChannel) -> None:
+    """Close `channel`; one the broker or a lost connection closed already is fine."""
+    with contextlib.suppress(*TRANSPORT_ERRORS):
+        await channel.close()
