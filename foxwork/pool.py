@@ -8,7 +8,7 @@ import dataclasses
 import enum
 import functools
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from ._checks import is_count, is_int
@@ -267,7 +267,7 @@ class WorkerPool:
                 await backend.connect()
             for name in names:
                 await backend.declare(name)
-                consumer = await backend.consume(name, _Intake(self), prefetch=self.prefetch)
+                consumer = await backend.consume(name, self, prefetch=self.prefetch)
                 self._consumers.append(consumer)
         except BaseException:
             await self._finish()
@@ -318,7 +318,7 @@ class WorkerPool:
             return
         self._begin(message)
 
-    def offer(self, message: Message[Any]) -> bool:
+    def try_dispatch(self, message: Message[Any]) -> bool:
         """Start processing `message` now if the pool is running and a slot is free.
 
         The non-waiting twin of `dispatch()`, for a backend that receives deliveries in a
@@ -472,17 +472,3 @@ class WorkerPool:
         self._state = PoolState.STOPPED
         if self._stopped is not None:
             self._stopped.set()
-
-
-class _Intake:
-    """What a pool gives each backend consumer: awaiting `intake(message)` is the pool's
-    `dispatch()` (waits for a slot), and `intake.offer(message)` its non-waiting twin."""
-
-    __slots__ = ("_pool", "offer")
-
-    def __init__(self, pool: WorkerPool) -> None:
-        self._pool = pool
-        self.offer = pool.offer
-
-    def __call__(self, message: Message[Any]) -> Awaitable[None]:
-        return self._pool.dispatch(message)

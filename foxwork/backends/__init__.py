@@ -1,6 +1,6 @@
 """Backends: where messages come from and where retries and dead letters go."""
 
-from .base import Backend, Consumer, offer_of
+from .base import Backend, Consumer, Intake
 from .memory import MemoryBackend
 from .rabbitmq import QueueType, RabbitMQBackend, RabbitMQConsumerConfig, UrlOrder
 from .resilient import ConnectionState, ReconnectStrategy, ResilientBackend
@@ -9,6 +9,7 @@ __all__ = [
     "Backend",
     "ConnectionState",
     "Consumer",
+    "Intake",
     "MemoryBackend",
     "QueueType",
     "RabbitMQBackend",
@@ -16,5 +17,4 @@ __all__ = [
     "ReconnectStrategy",
     "ResilientBackend",
     "UrlOrder",
-    "offer_of",
 ]

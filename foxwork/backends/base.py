@@ -10,9 +10,9 @@ from __future__ import annotations
 import abc
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from ..message import Message, MessageProperties
 from ..telemetry import inject_context
@@ -21,9 +21,8 @@ __all__ = [
     "Backend",
     "ConnectionLostCallback",
     "Consumer",
-    "Handler",
+    "Intake",
     "copy_properties",
-    "offer_of",
 ]
 
 logger = logging.getLogger("foxwork.backends")
@@ -31,18 +30,24 @@ logger = logging.getLogger("foxwork.backends")
 #: Called with the error (or None) when a backend's connection dies unexpectedly.
 ConnectionLostCallback = Callable[[BaseException | None], None]
 
-#: Called by a backend for each delivery, one at a time per consumer: the next delivery is
-#: handed over only after the previous call returned (that is the pool's backpressure).
-Handler = Callable[[Message[Any]], Awaitable[None]]
 
+class Intake(Protocol):
+    """Where a consumer hands its deliveries: a `WorkerPool` is one.
 
-def offer_of(handler: Handler) -> Callable[[Message[Any]], bool] | None:
-    """The handler's non-waiting entry, if it has one (a pool's has): `offer(message)`
-    starts handling the message at once and returns True, or takes nothing and returns
-    False (no room, or not running). A backend that receives deliveries in a callback that
-    must not wait tries it first and falls back to awaiting the handler, in order."""
-    offer = getattr(handler, "offer", None)
-    return offer if callable(offer) else None
+    A consumer hands over one delivery at a time and in the order the broker sent them:
+    the next only once the previous one was taken. Taking a message means the intake owns
+    its settlement from then on (it settles it, or it cancels and the backend puts it back).
+    """
+
+    async def dispatch(self, message: Message[Any]) -> None:
+        """Take `message`, waiting for room first: the consumer hands over nothing more
+        until this returns (that is the pool's backpressure)."""
+
+    def try_dispatch(self, message: Message[Any]) -> bool:
+        """Take `message` now if there is room, without waiting: True when it was taken,
+        False (having taken nothing) otherwise; the consumer then awaits `dispatch()` with
+        it, still in order. For backends that receive deliveries in a callback that must
+        not wait (the fast path: no queue and no task switch between broker and pool)."""
 
 
 class Consumer(abc.ABC):
@@ -53,11 +58,11 @@ class Consumer(abc.ABC):
     @property
     @abc.abstractmethod
     def active(self) -> bool:
-        """True while deliveries flow (or can flow) to the handler."""
+        """True while deliveries flow (or can flow) to the intake."""
 
     @abc.abstractmethod
     async def cancel(self) -> None:
-        """Stop delivering. Deliveries received but not yet handed to the handler go back
+        """Stop delivering. Deliveries received but not yet handed to the intake go back
         to the queue. Must be idempotent."""
 
 
@@ -113,8 +118,8 @@ class Backend(abc.ABC):
         `TopologyConflict` when an existing queue has other arguments."""
 
     @abc.abstractmethod
-    async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Consumer:
-        """Start delivering messages of `queue` to `handler`, at most `prefetch` unsettled
+    async def consume(self, queue: str, intake: Intake, *, prefetch: int) -> Consumer:
+        """Start delivering messages of `queue` to `intake`, at most `prefetch` unsettled
         at a time."""
 
     @abc.abstractmethod

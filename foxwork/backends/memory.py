@@ -21,7 +21,7 @@ from typing import Any
 from .. import codec, wire
 from ..errors import ConfigurationError, ConnectionLost, PublishNotConfirmed
 from ..message import Message, MessageProperties
-from .base import Backend, Consumer, Handler, copy_properties
+from .base import Backend, Consumer, Intake, copy_properties
 
 __all__ = ["MemoryBackend", "StoredMessage"]
 
@@ -73,20 +73,20 @@ class _Queue:
 
 
 class _MemoryConsumer(Consumer):
-    def __init__(self, backend: MemoryBackend, queue: _Queue, handler: Handler, prefetch: int):
+    def __init__(self, backend: MemoryBackend, queue: _Queue, intake: Intake, prefetch: int):
         self.queue = queue.name
         self._backend = backend
         self._queue = queue
-        self._handler = handler
+        self._intake = intake
         self._prefetch = prefetch
         self.unacked = 0
-        self._task = asyncio.create_task(self._intake(), name=f"foxwork-memory-{queue.name}")
+        self._task = asyncio.create_task(self._hand_over(), name=f"foxwork-memory-{queue.name}")
 
     @property
     def active(self) -> bool:
         return not self._task.done()
 
-    async def _intake(self) -> None:
+    async def _hand_over(self) -> None:
         queue = self._queue
         while True:
             if not queue.messages or self.unacked >= self._prefetch:
@@ -94,8 +94,12 @@ class _MemoryConsumer(Consumer):
                 continue
             stored = queue.messages.popleft()
             message = self._backend._deliver(stored, queue, self)
+            # The fast path first, as RabbitMQ's consumer takes it: straight into the pool
+            # while it has room; otherwise wait for room, in order.
+            if self._intake.try_dispatch(message):
+                continue
             try:
-                await self._handler(message)
+                await self._intake.dispatch(message)
             except asyncio.CancelledError:
                 if message.worker is None and not message.settled:
                     # Taken from the queue but never handed over: it goes back.
@@ -190,9 +194,9 @@ class MemoryBackend(Backend):
         self._queue(queue)
         self._queue(wire.dead_letter_queue_name(queue))
 
-    async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Consumer:
+    async def consume(self, queue: str, intake: Intake, *, prefetch: int) -> Consumer:
         self._require_connection()
-        consumer = _MemoryConsumer(self, self._queue(queue), handler, prefetch)
+        consumer = _MemoryConsumer(self, self._queue(queue), intake, prefetch)
         self._consumers.append(consumer)
         return consumer
 

@@ -31,7 +31,7 @@ from tenacity.wait import wait_base
 from .._redact import redact
 from ..errors import BackendError, ConfigurationError, ConnectionLost
 from ..message import Message, MessageProperties
-from .base import Backend, Consumer, Handler
+from .base import Backend, Consumer, Intake
 
 __all__ = ["ConnectionState", "ReconnectStrategy", "ResilientBackend"]
 
@@ -124,9 +124,9 @@ StateCallback = Callable[[ConnectionState, ConnectionState], None]
 class _ResilientConsumer(Consumer):
     """The consumer the pool holds; the inner one is replaced after each reconnect."""
 
-    def __init__(self, queue: str, handler: Handler, prefetch: int) -> None:
+    def __init__(self, queue: str, intake: Intake, prefetch: int) -> None:
         self.queue = queue
-        self.handler = handler
+        self.intake = intake
         self.prefetch = prefetch
         self.inner: Consumer | None = None
         self.cancelled = False
@@ -341,7 +341,7 @@ class ResilientBackend(Backend):
             for consumer in self._consumers:
                 if not consumer.cancelled:
                     consumer.inner = await self.backend.consume(
-                        consumer.queue, consumer.handler, prefetch=consumer.prefetch
+                        consumer.queue, consumer.intake, prefetch=consumer.prefetch
                     )
         except BaseException as exc:
             self._record_failure(exc)
@@ -371,7 +371,7 @@ class ResilientBackend(Backend):
                         await consumer.inner.cancel()
                     await self.backend.declare(consumer.queue)
                     consumer.inner = await self.backend.consume(
-                        consumer.queue, consumer.handler, prefetch=consumer.prefetch
+                        consumer.queue, consumer.intake, prefetch=consumer.prefetch
                     )
                 except BackendError as exc:
                     logger.warning(
@@ -385,9 +385,9 @@ class ResilientBackend(Backend):
         if queue not in self._declared:
             self._declared.append(queue)
 
-    async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Consumer:
-        consumer = _ResilientConsumer(queue, handler, prefetch)
-        consumer.inner = await self.backend.consume(queue, handler, prefetch=prefetch)
+    async def consume(self, queue: str, intake: Intake, *, prefetch: int) -> Consumer:
+        consumer = _ResilientConsumer(queue, intake, prefetch)
+        consumer.inner = await self.backend.consume(queue, intake, prefetch=prefetch)
         self._consumers.append(consumer)
         return consumer
 

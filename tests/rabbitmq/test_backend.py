@@ -186,16 +186,19 @@ async def test_a_consumer_whose_intake_died_is_inactive_and_the_watchdog_restore
     resilient: ResilientBackend, start_pool: PoolStarter, probe: RabbitProbe, queue_name: str
 ) -> None:
     # Given a pool consuming through a ResilientBackend, whose consumer's intake task dies
-    # on the next delivery it has to hand over (a bug in the handler, say)
+    # on the next delivery it has to hand over (a bug in the intake, say)
     worker = Recorder()
     await start_pool(resilient, worker)
     dying = rabbit_consumer(resilient)
 
-    async def broken_handler(message: Message[Any]) -> None:
-        raise RuntimeError("bug in the hand-over")
+    class BrokenIntake:
+        async def dispatch(self, message: Message[Any]) -> None:
+            raise RuntimeError("bug in the hand-over")
 
-    dying._offer = None  # every delivery goes through the intake task
-    dying._handler = broken_handler
+        def try_dispatch(self, message: Message[Any]) -> bool:
+            return False  # every delivery goes through the hand-over task
+
+    dying._intake = BrokenIntake()
 
     # When a message arrives and kills the intake
     await probe.publish(b"{}", routing_key=queue_name, message_id="first")
@@ -317,10 +320,15 @@ async def test_a_consume_cancelled_while_it_starts_leaves_no_consumer_and_no_cha
     monkeypatch.setattr(aiormq.Channel, "basic_consume", basic_consume)
     handled: list[Message[Any]] = []
 
-    async def handler(message: Message[Any]) -> None:
-        handled.append(message)
+    class Handled:
+        async def dispatch(self, message: Message[Any]) -> None:
+            handled.append(message)
 
-    starting = asyncio.create_task(backend.consume(queue_name, handler, prefetch=5))
+        def try_dispatch(self, message: Message[Any]) -> bool:
+            handled.append(message)
+            return True
+
+    starting = asyncio.create_task(backend.consume(queue_name, Handled(), prefetch=5))
     await subscribed.wait()
     assert await consumer_count(probe, queue_name) == 1
 

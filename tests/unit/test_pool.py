@@ -507,7 +507,7 @@ async def test_a_stopped_pool_cannot_run_again(
 
 
 @pytest.mark.parametrize("started", [False, True])
-async def test_dispatch_and_offer_need_a_running_pool(
+async def test_dispatch_and_try_dispatch_need_a_running_pool(
     make_pool: PoolFactory, memory_backend: MemoryBackend, started: bool
 ) -> None:
     # Given a pool never started, or started and shut down
@@ -519,9 +519,9 @@ async def test_dispatch_and_offer_need_a_running_pool(
     # When / Then dispatch refuses with an error
     with pytest.raises(PoolStateError, match="dispatch\\(\\) needs a running pool"):
         await pool.dispatch(make_message())
-    # and offer refuses, taking nothing
+    # and try_dispatch refuses, taking nothing
     offered = make_message()
-    assert not pool.offer(offered)
+    assert not pool.try_dispatch(offered)
     assert offered.worker is None and not offered.settled and pool.received == 0
 
 
@@ -709,7 +709,7 @@ def test_configuration_error_is_also_a_value_error() -> None:
         WorkerPool(workers=[])
 
 
-async def test_offer_starts_a_message_at_once_while_a_slot_is_free_and_refuses_when_full(
+async def test_try_dispatch_starts_a_message_at_once_while_a_slot_is_free_and_refuses_when_full(
     make_pool: PoolFactory, memory_backend: MemoryBackend
 ) -> None:
     # Given a running pool with one slot
@@ -720,10 +720,10 @@ async def test_offer_starts_a_message_at_once_while_a_slot_is_free_and_refuses_w
 
     # When a message is offered, then another one while the first holds the slot
     first = make_message(b'"block"')
-    taken = pool.offer(first)
+    taken = pool.try_dispatch(first)
     await asyncio.wait_for(worker.blocked.wait(), SOON)
     second = make_message(b'"next"')
-    refused = pool.offer(second)
+    refused = pool.try_dispatch(second)
 
     # Then the first was taken and runs; the second was refused and left untouched
     assert taken and first.worker is worker

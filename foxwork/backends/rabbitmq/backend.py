@@ -30,7 +30,7 @@ from ... import wire
 from ..._redact import redact_url
 from ...errors import BackendError, ConnectionLost, PublishNotConfirmed, TopologyConflict
 from ...message import Message, MessageProperties
-from ..base import Backend, Consumer, Handler, copy_properties
+from ..base import Backend, Consumer, Intake, copy_properties
 from ._io import TRANSPORT_ERRORS, mapped, settle_on
 from .acks import AckCoalescer
 from .config import RabbitMQConsumerConfig, UrlOrder
@@ -224,8 +224,8 @@ class RabbitMQBackend(Backend):
             self._topology_channel = None  # the broker closed it
             raise
 
-    async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Consumer:
-        consumer = RabbitConsumer(self, queue, handler, prefetch)
+    async def consume(self, queue: str, intake: Intake, *, prefetch: int) -> Consumer:
+        consumer = RabbitConsumer(self, queue, intake, prefetch)
         await consumer.start()
         self._consumers.append(consumer)
         return consumer

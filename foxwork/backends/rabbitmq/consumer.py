@@ -12,7 +12,7 @@ from aiormq.abc import DeliveredMessage
 
 from ...errors import BackendError
 from ...message import Message
-from ..base import Consumer, Handler, offer_of
+from ..base import Consumer, Intake
 from ._io import TRANSPORT_ERRORS, mapped
 from .config import QueueType
 from .convert import to_message
@@ -54,21 +54,18 @@ class RabbitConsumer(Consumer):
     redelivered, which one message at a time would crawl through.
     """
 
-    def __init__(
-        self, backend: RabbitMQBackend, queue: str, handler: Handler, prefetch: int
-    ) -> None:
+    def __init__(self, backend: RabbitMQBackend, queue: str, intake: Intake, prefetch: int) -> None:
         self.queue = queue
         self._backend = backend
-        self._handler = handler
-        self._offer = offer_of(handler)
+        self._intake = intake
         self._prefetch = prefetch
         # Deliveries the pool had no room for yet, in arrival order (`message.raw` is the
-        # delivery); `_intake` hands them over as slots free up.
+        # delivery); `_hand_over` hands them over as slots free up.
         self._buffer: asyncio.Queue[Message[Any]] = asyncio.Queue()
         self._channel: RawChannel | None = None
         self._tag: str | None = None
         self._cancelled = False
-        self._intake_task: asyncio.Task[None] | None = None
+        self._hand_over_task: asyncio.Task[None] | None = None
         self._restore_task: asyncio.Task[None] | None = None
         # Quorum queues count every delivery that comes back towards the delivery limit:
         # there the consumer isolates suspects. Subscribed with CAREFUL_PREFETCH (True) or
@@ -79,15 +76,15 @@ class RabbitConsumer(Consumer):
     @property
     def active(self) -> bool:
         channel = self._channel
-        intake = self._intake_task
+        hand_over = self._hand_over_task
         return (
             not self._cancelled
             and channel is not None
             and not channel.is_closed
             and self._tag in getattr(channel, "consumers", ())
-            # Without its intake, deliveries the pool has no room for yet pile up unseen.
-            and intake is not None
-            and not intake.done()
+            # Without its hand-over, deliveries the pool has no room for yet pile up unseen.
+            and hand_over is not None
+            and not hand_over.done()
         )
 
     async def start(self) -> None:
@@ -117,9 +114,9 @@ class RabbitConsumer(Consumer):
             raise
         self._channel = raw
         self._tag = ok.consumer_tag
-        if self._intake_task is None or self._intake_task.done():
-            self._intake_task = asyncio.create_task(
-                self._intake(), name=f"foxwork-intake-{self.queue}"
+        if self._hand_over_task is None or self._hand_over_task.done():
+            self._hand_over_task = asyncio.create_task(
+                self._hand_over(), name=f"foxwork-intake-{self.queue}"
             )
 
     async def _on_delivery(self, delivered: DeliveredMessage) -> None:
@@ -137,18 +134,17 @@ class RabbitConsumer(Consumer):
             message.came_back_unsettled = False
         # Straight into the pool when it has room and nothing waits before this delivery
         # (the processing runs in the pool's own task, never in aiormq's); otherwise in
-        # order through the buffer, as is a delivery that changes the prefetch (`_intake`
+        # order through the buffer, as is a delivery that changes the prefetch (`_hand_over`
         # does that before handing it over).
         if (
             self._buffer.empty()
             and self._careful == self._suspect(message)
-            and self._offer is not None
-            and self._offer(message)
+            and self._intake.try_dispatch(message)
         ):
             return
         self._buffer.put_nowait(message)
 
-    async def _intake(self) -> None:
+    async def _hand_over(self) -> None:
         while True:
             message = await self._buffer.get()
             delivered: DeliveredMessage = message.raw
@@ -156,15 +152,15 @@ class RabbitConsumer(Consumer):
                 continue  # its channel died: the broker redelivers it
             try:
                 await self._set_careful(self._suspect(message), delivered.channel)
-                await self._handler(message)
+                await self._intake.dispatch(message)
             except BaseException as exc:
                 if message.worker is None and not message.settled:
                     await nack_quietly(self._backend, delivered)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
-                # The intake ends here: `active` turns false, and whoever watches it (the
+                # The hand-over ends here: `active` turns false, and whoever watches it (the
                 # resilient backend's watchdog) replaces this consumer.
-                logger.exception("the intake of the consumer of %r failed", self.queue)
+                logger.exception("the hand-over of the consumer of %r failed", self.queue)
                 return
 
     def _suspect(self, message: Message[Any]) -> bool:
@@ -262,7 +258,7 @@ class RabbitConsumer(Consumer):
         if channel is not None and tag is not None and not channel.is_closed:
             with contextlib.suppress(*TRANSPORT_ERRORS, TimeoutError):
                 await channel.basic_cancel(tag, timeout=5)
-        for task in (self._intake_task, self._restore_task):
+        for task in (self._hand_over_task, self._restore_task):
             if task is not None and not task.done():
                 task.cancel()
                 await asyncio.wait([task])

@@ -27,13 +27,17 @@ FAST = {"initial_backoff": 0.01, "max_backoff": 0.02, "jitter": 0.0}
 
 
 class Inbox:
-    """A consumer handler that keeps every delivery, unsettled, for the test to settle."""
+    """An `Intake` that keeps every delivery, unsettled, for the test to settle."""
 
     def __init__(self) -> None:
         self.deliveries: asyncio.Queue[Message[Any]] = asyncio.Queue()
 
-    async def __call__(self, message: Message[Any]) -> None:
+    async def dispatch(self, message: Message[Any]) -> None:
         self.deliveries.put_nowait(message)
+
+    def try_dispatch(self, message: Message[Any]) -> bool:
+        self.deliveries.put_nowait(message)
+        return True
 
     async def next(self) -> Message[Any]:
         return await asyncio.wait_for(self.deliveries.get(), SOON)
