@@ -39,6 +39,7 @@ MODULE_ONLY = {
     "foxwork.settlement.check_policy": "validates an AckPolicy setting, for its owners",
     "foxwork.middleware.base.holds_failed_probe": "asked by layers that settle failures",
     "foxwork.backends.base.copy_properties": "properties of a republished copy, for backends",
+    "foxwork.backends.base.retry_properties": "properties of a retry copy, for backends",
     "foxwork.backends.memory.StoredMessage": "what MemoryBackend inspection methods return",
 }
 

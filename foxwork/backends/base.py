@@ -14,6 +14,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Protocol
 
+from .. import wire
 from ..message import Message, MessageProperties
 from ..telemetry import inject_context
 
@@ -23,6 +24,7 @@ __all__ = [
     "Consumer",
     "Intake",
     "copy_properties",
+    "retry_properties",
 ]
 
 logger = logging.getLogger("foxwork.backends")
@@ -187,3 +189,18 @@ def copy_properties(message: Message[Any], headers: dict[str, Any]) -> MessagePr
         headers=inject_context(dict(headers)),
         expiration=None,
     )
+
+
+def retry_properties(message: Message[Any]) -> MessageProperties:
+    """Properties of the retry copy of `message`, complete: a backend only routes it.
+
+    The copy carries `x-retry-attempt` = `message.attempt` and the route the message was
+    first published with (`wire.retry_headers`), and none of the headers the broker set on
+    this delivery (`wire.BROKER_HEADERS`: a stale `x-delivery-count` would count deliveries
+    the copy never had); the rest as `copy_properties`.
+    """
+    headers = {k: v for k, v in message.headers.items() if k not in wire.BROKER_HEADERS}
+    headers = wire.retry_headers(
+        headers, message.attempt, routing_key=message.routing_key, exchange=message.exchange
+    )
+    return copy_properties(message, headers)

@@ -21,7 +21,7 @@ from typing import Any
 from .. import codec, wire
 from ..errors import ConfigurationError, ConnectionLost, PublishNotConfirmed
 from ..message import Message, MessageProperties
-from .base import Backend, Consumer, Intake, copy_properties
+from .base import Backend, Consumer, Intake, copy_properties, retry_properties
 
 __all__ = ["MemoryBackend", "StoredMessage"]
 
@@ -253,19 +253,7 @@ class MemoryBackend(Backend):
     async def publish_retry(self, message: Message[Any], *, delay: float) -> None:
         self._require_connection()
         queue = self._queue(message.queue)
-        stored = StoredMessage(
-            message.body,
-            copy_properties(
-                message,
-                wire.retry_headers(
-                    message.headers,
-                    message.attempt,
-                    routing_key=message.routing_key,
-                    exchange=message.exchange,
-                ),
-            ),
-            message.queue,
-        )
+        stored = StoredMessage(message.body, retry_properties(message), message.queue)
         queue.delayed += 1
         self.retried[message.queue] += 1
         loop = asyncio.get_running_loop()

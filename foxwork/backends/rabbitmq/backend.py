@@ -30,7 +30,7 @@ from ... import wire
 from ..._redact import redact_url
 from ...errors import BackendError, ConnectionLost, PublishNotConfirmed, TopologyConflict
 from ...message import Message, MessageProperties
-from ..base import Backend, Consumer, Intake, copy_properties
+from ..base import Backend, Consumer, Intake, copy_properties, retry_properties
 from ._io import TRANSPORT_ERRORS, mapped, settle_on
 from .acks import AckCoalescer
 from .config import RabbitMQConsumerConfig, UrlOrder
@@ -354,8 +354,8 @@ class RabbitMQBackend(Backend):
             raise
         self._refused_copies.confirmed(message.id)
 
-    def _copy_properties(self, message: Message[Any], headers: dict[str, Any]) -> MessageProperties:
-        properties = copy_properties(message, headers)
+    def _publishable(self, properties: MessageProperties) -> MessageProperties:
+        """A copy's properties as this connection may publish them (a RabbitMQ rule)."""
         user_id = copyable_user_id(properties.user_id, connection_user(self._url or ""))
         if user_id != properties.user_id:
             # The broker would refuse every copy: it checks user_id against the connection.
@@ -367,11 +367,7 @@ class RabbitMQBackend(Backend):
 
     async def _publish_retry(self, message: Message[Any], *, delay: float) -> None:
         names = self.config.names(message.queue)
-        headers = {k: v for k, v in message.headers.items() if k not in wire.BROKER_HEADERS}
-        headers = wire.retry_headers(
-            headers, message.attempt, routing_key=message.routing_key, exchange=message.exchange
-        )
-        properties = self._copy_properties(message, headers)
+        properties = self._publishable(retry_properties(message))
         if not self.config.enable_delayed_retry:
             await self._publish("", message.queue, message.body, properties)
             return
@@ -392,7 +388,7 @@ class RabbitMQBackend(Backend):
 
     async def publish_dead_letter(self, message: Message[Any], headers: dict[str, Any]) -> None:
         names = self.config.names(message.queue)
-        properties = self._copy_properties(message, headers)
+        properties = self._publishable(copy_properties(message, headers))
         await self._publish_copy(
             message, self._publish("", names.dead_letter_queue, message.body, properties)
         )

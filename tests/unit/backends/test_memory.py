@@ -186,6 +186,29 @@ async def test_a_retried_copy_comes_back_after_its_delay_with_the_attempt_header
     await memory_backend.join(queue_name, timeout=SOON)
 
 
+async def test_a_retried_copy_drops_the_headers_a_broker_set_as_on_rabbitmq(
+    memory_backend: MemoryBackend, queue_name: str
+) -> None:
+    # Given a delivery carrying a broker's delivery count and dead-letter history
+    headers = {"x-tenant": "acme", "x-delivery-count": 3, "x-death": [{"queue": "other"}]}
+    await memory_backend.add_message(queue_name, "job", MessageProperties(headers=headers))
+    inbox = Inbox()
+    await memory_backend.consume(queue_name, inbox, prefetch=1)
+
+    # When it is retried
+    assert await (await inbox.next()).retry(0.01)
+
+    # Then the copy keeps the publisher's headers only, plus the retry's own
+    second = await inbox.next()
+    assert second.headers.keys() == {
+        "x-tenant",
+        "x-retry-attempt",
+        "x-original-routing-key",
+        "x-original-exchange",
+    }
+    await second.ack()
+
+
 async def test_a_dead_letter_lands_in_the_dlq_with_its_headers(
     memory_backend: MemoryBackend, queue_name: str
 ) -> None:
