@@ -136,26 +136,6 @@ class Backend(abc.ABC):
         """Publish a message and wait for the broker's confirm. Raises
         `PublishNotConfirmed` when it is not confirmed."""
 
-    # -- the Settler protocol, used by Message ------------------------------------------
-
-    @abc.abstractmethod
-    async def ack_message(self, message: Message[Any]) -> None:
-        """Ack a delivery. Never raises: a delivery whose channel died is logged, counted
-        and left to the broker, which redelivers it."""
-
-    @abc.abstractmethod
-    async def nack_message(self, message: Message[Any], *, requeue: bool) -> None:
-        """Nack a delivery. Never raises, as `ack_message`."""
-
-    @abc.abstractmethod
-    async def publish_retry(self, message: Message[Any], *, delay: float) -> None:
-        """Publish a confirmed copy of `message` that is delivered to its queue again after
-        `delay` seconds, with `x-retry-attempt` set to `message.attempt`."""
-
-    @abc.abstractmethod
-    async def publish_dead_letter(self, message: Message[Any], headers: dict[str, Any]) -> None:
-        """Publish a confirmed copy of `message` to its queue's dead-letter queue."""
-
     def add_connection_lost_callback(self, callback: ConnectionLostCallback) -> None:
         """Call `callback(exc)` when the connection dies unexpectedly (not on `close()`)."""
         callbacks: list[ConnectionLostCallback] = self.__dict__.setdefault(

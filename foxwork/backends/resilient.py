@@ -30,7 +30,7 @@ from tenacity.wait import wait_base
 
 from .._redact import redact
 from ..errors import BackendError, ConfigurationError, ConnectionLost
-from ..message import Message, MessageProperties
+from ..message import MessageProperties
 from .base import Backend, Consumer, Intake
 
 __all__ = ["ConnectionState", "ReconnectStrategy", "ResilientBackend"]
@@ -402,15 +402,3 @@ class ResilientBackend(Backend):
         exchange: str = "",
     ) -> None:
         await self.backend.publish(routing_key, body, properties, exchange=exchange)
-
-    async def ack_message(self, message: Message[Any]) -> None:
-        await self.backend.ack_message(message)
-
-    async def nack_message(self, message: Message[Any], *, requeue: bool) -> None:
-        await self.backend.nack_message(message, requeue=requeue)
-
-    async def publish_retry(self, message: Message[Any], *, delay: float) -> None:
-        await self.backend.publish_retry(message, delay=delay)
-
-    async def publish_dead_letter(self, message: Message[Any], headers: dict[str, Any]) -> None:
-        await self.backend.publish_dead_letter(message, headers)
