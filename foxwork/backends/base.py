@@ -22,6 +22,7 @@ __all__ = [
     "Backend",
     "ConnectionLostCallback",
     "Consumer",
+    "ConsumerGoneCallback",
     "Intake",
     "copy_properties",
     "retry_properties",
@@ -31,6 +32,8 @@ logger = logging.getLogger("foxwork.backends")
 
 #: Called with the error (or None) when a backend's connection dies unexpectedly.
 ConnectionLostCallback = Callable[[BaseException | None], None]
+#: Called with a consumer that stopped by itself while the connection is up.
+ConsumerGoneCallback = Callable[["Consumer"], None]
 
 
 class Intake(Protocol):
@@ -53,9 +56,20 @@ class Intake(Protocol):
 
 
 class Consumer(abc.ABC):
-    """A running subscription to one queue."""
+    """A running subscription to one queue.
+
+    A consumer that stops by itself while the connection is up (the broker cancelled it:
+    its queue was deleted, or the queue's node went down) turns inactive and reports it to
+    `on_gone`, once; it does not subscribe again by itself. Whoever owns its recovery sets
+    `on_gone` and re-establishes it: the backend that made it when used on its own, or a
+    `ResilientBackend` wrapping that backend (it sets `on_gone` after the backend did, and
+    so takes recovery over). A consumer gone without a report (its channel closed, say) is
+    found by `ResilientBackend`'s watchdog through `active`.
+    """
 
     queue: str
+    #: Called with the consumer when it stopped by itself (see the class docstring).
+    on_gone: ConsumerGoneCallback | None = None
 
     @property
     @abc.abstractmethod

@@ -1,11 +1,15 @@
 """`ResilientBackend`: wraps any backend and reconnects it forever.
 
-It is the only owner of reconnection. It records what was declared and consumed, and after
-every reconnect replays it: topology first, then consumers. The pool keeps the consumer
-objects it was given; they switch to the new connection underneath.
+It is the only owner of reconnection and of re-establishing consumers. It records what was
+declared and consumed, and after every reconnect replays it: topology first, then consumers.
+The pool keeps the consumer objects it was given; they switch to the new connection (or the
+new subscription) underneath.
 
-A watchdog re-establishes any consumer that is gone while the connection is up (cancelled
-by the broker, its channel closed, its task dead): a consumer is never silently gone.
+While the connection is up, a consumer that reports itself gone (`Consumer.on_gone`: the
+broker cancelled it) is re-established at once, and a watchdog finds any other consumer that
+is gone (its channel closed, its hand-over task dead): a consumer is never silently gone.
+Both go through `_recovery.Restorer`, one attempt loop per consumer, waiting a jittered
+backoff (`_backoff.Backoff`) between attempts, as the reconnect loop does.
 """
 
 from __future__ import annotations
@@ -14,23 +18,19 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import functools
 import logging
-import random
 from collections.abc import Callable
 from typing import Any
 
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    wait_exponential,
-    wait_fixed,
-)
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_fixed
 from tenacity.wait import wait_base
 
 from .._redact import redact
 from ..errors import BackendError, ConfigurationError, ConnectionLost
 from ..message import MessageProperties
+from ._backoff import Backoff
+from ._recovery import Restorer
 from .base import Backend, Consumer, Intake
 
 __all__ = ["ConnectionState", "ReconnectStrategy", "ResilientBackend"]
@@ -87,8 +87,7 @@ class ReconnectStrategy:
                 )
 
         def wait(self) -> wait_base:
-            base = wait_exponential(multiplier=self.initial, exp_base=self.multiplier, max=self.max)
-            return _Jittered(base, self.jitter_factor, self.max)
+            return Backoff(self.initial, self.max, self.multiplier, self.jitter_factor).wait()
 
     @dataclasses.dataclass(frozen=True)
     class Fixed:
@@ -104,32 +103,21 @@ class ReconnectStrategy:
             return wait_fixed(self.delay)
 
 
-class _Jittered(wait_base):
-    def __init__(self, base: wait_base, factor: float, cap: float) -> None:
-        self._base = base
-        self._factor = factor
-        self._cap = cap
-
-    def __call__(self, retry_state: RetryCallState) -> float:
-        delay = float(self._base(retry_state))
-        if self._factor:
-            delay *= 1 + random.uniform(-self._factor, self._factor)
-        return max(0.0, min(delay, self._cap))
-
-
 Strategy = ReconnectStrategy.Exponential | ReconnectStrategy.Fixed
 StateCallback = Callable[[ConnectionState, ConnectionState], None]
 
 
 class _ResilientConsumer(Consumer):
-    """The consumer the pool holds; the inner one is replaced after each reconnect."""
+    """The consumer the pool holds; the inner one is replaced after each reconnect, and
+    whenever it is gone."""
 
-    def __init__(self, queue: str, intake: Intake, prefetch: int) -> None:
+    def __init__(self, queue: str, intake: Intake, prefetch: int, restorer: Restorer) -> None:
         self.queue = queue
         self.intake = intake
         self.prefetch = prefetch
         self.inner: Consumer | None = None
         self.cancelled = False
+        self._restorer = restorer
 
     @property
     def active(self) -> bool:
@@ -137,6 +125,7 @@ class _ResilientConsumer(Consumer):
 
     async def cancel(self) -> None:
         self.cancelled = True
+        await self._restorer.stop(self)
         if self.inner is not None:
             await self.inner.cancel()
 
@@ -190,6 +179,7 @@ class ResilientBackend(Backend):
         self._callbacks: list[StateCallback] = [on_state_change] if on_state_change else []
         self._declared: list[str] = []
         self._consumers: list[_ResilientConsumer] = []
+        self._restorer = Restorer()
         self._reconnect_task: asyncio.Task[None] | None = None
         self._watchdog_task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
@@ -281,6 +271,7 @@ class ResilientBackend(Backend):
             if task is not None and not task.done():
                 task.cancel()
                 await asyncio.wait([task])
+        await self._restorer.stop()
         for consumer in self._consumers:
             consumer.cancelled = True
         await self.backend.close()
@@ -334,15 +325,15 @@ class ResilientBackend(Backend):
         self.reconnect_attempts += 1
         self._set_state(ConnectionState.CONNECTING)
         try:
+            # Restores begun before the loss are over: the replay below subscribes again.
+            await self._restorer.stop()
             await self.backend.connect()
             # Replay what was recorded: topology first, then consumers.
             for queue in self._declared:
                 await self.backend.declare(queue)
             for consumer in self._consumers:
                 if not consumer.cancelled:
-                    consumer.inner = await self.backend.consume(
-                        consumer.queue, consumer.intake, prefetch=consumer.prefetch
-                    )
+                    await self._subscribe(consumer)
         except BaseException as exc:
             self._record_failure(exc)
             self._set_state(ConnectionState.DISCONNECTED)
@@ -363,20 +354,36 @@ class ResilientBackend(Backend):
             if not self.is_connected:
                 continue
             for consumer in self._consumers:
-                if consumer.cancelled or consumer.active:
-                    continue
-                logger.warning("consumer of %r is gone; re-establishing it", consumer.queue)
-                try:
-                    if consumer.inner is not None:
-                        await consumer.inner.cancel()
-                    await self.backend.declare(consumer.queue)
-                    consumer.inner = await self.backend.consume(
-                        consumer.queue, consumer.intake, prefetch=consumer.prefetch
-                    )
-                except BackendError as exc:
-                    logger.warning(
-                        "re-establishing the consumer of %r failed: %s", consumer.queue, exc
-                    )
+                if not consumer.cancelled and not consumer.active and self._restore(consumer):
+                    logger.warning("consumer of %r is gone; re-establishing it", consumer.queue)
+
+    # -- consumer recovery: this layer owns it -----------------------------------------
+
+    async def _subscribe(self, consumer: _ResilientConsumer) -> None:
+        inner = await self.backend.consume(
+            consumer.queue, consumer.intake, prefetch=consumer.prefetch
+        )
+        # Reported to this layer, not to the backend: one owner re-establishes consumers.
+        inner.on_gone = functools.partial(self._on_gone, consumer)
+        consumer.inner = inner
+
+    def _on_gone(self, consumer: _ResilientConsumer, inner: Consumer) -> None:
+        if consumer.inner is inner and self.is_connected:
+            self._restore(consumer)
+
+    def _restore(self, consumer: _ResilientConsumer) -> bool:
+        """Start re-establishing `consumer` (False: already under way)."""
+        return self._restorer.restore(
+            consumer,
+            functools.partial(self._renew, consumer),
+            wanted=lambda: not consumer.cancelled and self.is_connected,
+        )
+
+    async def _renew(self, consumer: _ResilientConsumer) -> None:
+        if consumer.inner is not None:
+            await consumer.inner.cancel()
+        await self.backend.declare(consumer.queue)
+        await self._subscribe(consumer)
 
     # -- recorded operations ---------------------------------------------------------
 
@@ -386,8 +393,8 @@ class ResilientBackend(Backend):
             self._declared.append(queue)
 
     async def consume(self, queue: str, intake: Intake, *, prefetch: int) -> Consumer:
-        consumer = _ResilientConsumer(queue, intake, prefetch)
-        consumer.inner = await self.backend.consume(queue, intake, prefetch=prefetch)
+        consumer = _ResilientConsumer(queue, intake, prefetch, self._restorer)
+        await self._subscribe(consumer)
         self._consumers.append(consumer)
         return consumer
 

@@ -30,6 +30,7 @@ from ... import wire
 from ..._redact import redact_url
 from ...errors import BackendError, ConnectionLost, PublishNotConfirmed, TopologyConflict
 from ...message import Message, MessageProperties
+from .._recovery import Restorer
 from ..base import Backend, Consumer, Intake, copy_properties, retry_properties
 from ._io import TRANSPORT_ERRORS, mapped, settle_on
 from .acks import AckCoalescer
@@ -85,6 +86,9 @@ class RabbitMQBackend(Backend):
         self._channel_opening = asyncio.Lock()
         self._topology_channel: AbstractChannel | None = None
         self._consumers: list[RabbitConsumer] = []
+        #: Re-establishes consumers the broker cancelled, unless a ResilientBackend took
+        #: their recovery over (see `Consumer.on_gone`).
+        self._restorer = Restorer()
         #: The ack coalescer of each consumer channel (see `acks.py`).
         self._acks: dict[RawChannel, AckCoalescer] = {}
         #: Closing the channels of cancelled consumers, once their messages are settled.
@@ -127,6 +131,7 @@ class RabbitMQBackend(Backend):
         stale, self._consumers = self._consumers, []
         for consumer in stale:
             await consumer.cancel()
+        await self._restorer.stop()
         await self._stop_retiring()
         self._acks.clear()
         errors: list[str] = []
@@ -169,6 +174,7 @@ class RabbitMQBackend(Backend):
 
     async def close(self) -> None:
         self._closing = True
+        await self._restorer.stop()
         for consumer in list(self._consumers):
             await consumer.cancel()
         self._consumers.clear()
@@ -226,9 +232,21 @@ class RabbitMQBackend(Backend):
 
     async def consume(self, queue: str, intake: Intake, *, prefetch: int) -> Consumer:
         consumer = RabbitConsumer(self, queue, intake, prefetch)
+        consumer.on_gone = lambda _: self._restore(consumer)
         await consumer.start()
         self._consumers.append(consumer)
         return consumer
+
+    def _restore(self, consumer: RabbitConsumer) -> None:
+        """Re-establish, in place, a consumer of this backend the broker cancelled."""
+        self._restorer.restore(
+            consumer,
+            consumer.resubscribe,
+            wanted=lambda: not consumer.cancelled and self.is_connected,
+        )
+
+    async def _stop_restoring(self, consumer: RabbitConsumer) -> None:
+        await self._restorer.stop(consumer)
 
     async def _discard_channel(self, channel: AbstractChannel, raw: RawChannel | None) -> None:
         """Close a consumer channel whose start-up failed or was cancelled half-way."""

@@ -20,12 +20,10 @@ from .convert import to_message
 if TYPE_CHECKING:
     from .backend import RabbitMQBackend
 
-__all__ = ["CONSUMER_RESTORE_DELAY", "RabbitConsumer", "is_suspect", "nack_quietly", "tag_of"]
+__all__ = ["RabbitConsumer", "is_suspect", "nack_quietly", "tag_of"]
 
 logger = logging.getLogger("foxwork.backends.rabbitmq")
 
-#: Seconds between attempts to re-establish a consumer the broker cancelled.
-CONSUMER_RESTORE_DELAY = 1.0
 #: Deliveries checked out at a time while crash suspects come in (see `RabbitConsumer`).
 CAREFUL_PREFETCH = 1
 
@@ -66,7 +64,6 @@ class RabbitConsumer(Consumer):
         self._tag: str | None = None
         self._cancelled = False
         self._hand_over_task: asyncio.Task[None] | None = None
-        self._restore_task: asyncio.Task[None] | None = None
         # Quorum queues count every delivery that comes back towards the delivery limit:
         # there the consumer isolates suspects. Subscribed with CAREFUL_PREFETCH (True) or
         # the full prefetch.
@@ -86,6 +83,11 @@ class RabbitConsumer(Consumer):
             and hand_over is not None
             and not hand_over.done()
         )
+
+    @property
+    def cancelled(self) -> bool:
+        """True once `cancel()` was called."""
+        return self._cancelled
 
     async def start(self) -> None:
         connection = self._backend._require_connection()
@@ -107,7 +109,7 @@ class RabbitConsumer(Consumer):
                 tag = self._backend._next_consumer_tag(self.queue)
                 ok = await raw.basic_consume(self.queue, self._on_delivery, consumer_tag=tag)
         except BaseException:
-            # Failed or cancelled half-way (a restore the watchdog gave up on): the channel
+            # Failed or cancelled half-way (a restore that was stopped): the channel
             # opened so far is closed, or a subscription made on it would keep taking
             # deliveries that nobody settles.
             await self._backend._discard_channel(channel, raw)
@@ -210,38 +212,21 @@ class RabbitConsumer(Consumer):
     def _on_broker_cancel(self, frame: Any) -> None:
         if frame.consumer_tag != self._tag or self._cancelled:
             return
+        # aiormq has dropped the subscription: `active` is false from here on.
         logger.warning(
-            "the broker cancelled the consumer of %r (queue deleted or its node down); "
-            "re-establishing it",
+            "the broker cancelled the consumer of %r (queue deleted or its node down)",
             self.queue,
         )
-        if self._restore_task is None or self._restore_task.done():
-            self._restore_task = asyncio.create_task(self._restore())
+        if self.on_gone is not None:
+            self.on_gone(self)
 
-    async def _restore(self) -> None:
-        attempt = 0
-        while not self._cancelled and self._backend.is_connected:
-            attempt += 1
-            try:
-                if self._channel is not None and not self._channel.is_closed:
-                    with contextlib.suppress(*TRANSPORT_ERRORS):
-                        await self._channel.close()
-                await self._backend.declare(self.queue)
-                await self.start()
-                logger.info("consumer of %r re-established", self.queue)
-                return
-            except BackendError as exc:
-                logger.warning(
-                    "re-establishing the consumer of %r failed (attempt %d): %s",
-                    self.queue,
-                    attempt,
-                    exc,
-                )
-                await asyncio.sleep(min(CONSUMER_RESTORE_DELAY * attempt, 30.0))
-
-    async def restart(self) -> None:
-        """Subscribe again on the current connection (after a reconnect)."""
-        self._drain_buffer_quietly()
+    async def resubscribe(self) -> None:
+        """Declare the queue again and subscribe on a new channel, in place (what the
+        backend's recovery does after the broker cancelled this consumer)."""
+        if self._channel is not None and not self._channel.is_closed:
+            with contextlib.suppress(*TRANSPORT_ERRORS):
+                await self._channel.close()
+        await self._backend.declare(self.queue)
         await self.start()
 
     def _drain_buffer_quietly(self) -> list[DeliveredMessage]:
@@ -258,10 +243,11 @@ class RabbitConsumer(Consumer):
         if channel is not None and tag is not None and not channel.is_closed:
             with contextlib.suppress(*TRANSPORT_ERRORS, TimeoutError):
                 await channel.basic_cancel(tag, timeout=5)
-        for task in (self._hand_over_task, self._restore_task):
-            if task is not None and not task.done():
-                task.cancel()
-                await asyncio.wait([task])
+        await self._backend._stop_restoring(self)
+        task = self._hand_over_task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task])
         # Received but never handed to the pool: straight back to the queue.
         for delivered in self._drain_buffer_quietly():
             await nack_quietly(self._backend, delivered)
