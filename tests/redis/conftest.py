@@ -1,0 +1,22 @@
+"""Every test in tests/redis needs a real Redis server: mark it ``redis``.
+
+The marker is added at collection, before ``-m`` selects (``-m "not redis"`` leaves the folder
+out), so that no test here can forget it. The fixtures are ``redis_url`` and
+``redis_server`` from tests/harness/pytest_plugin.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+_HERE = Path(__file__).parent
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A conftest hook sees the items of the whole session; mark only the ones in this folder.
+    for item in items:
+        if item.path.is_relative_to(_HERE):
+            item.add_marker(pytest.mark.redis)
