@@ -23,6 +23,7 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.abc import AbstractChannel as RawChannel
+from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 from yarl import URL
 
@@ -34,9 +35,9 @@ from .._recovery import Restorer
 from ..base import Backend, Consumer, Intake, copy_properties, retry_properties
 from ._io import TRANSPORT_ERRORS, mapped, settle_on
 from .acks import AckCoalescer
-from .config import RabbitMQConsumerConfig, UrlOrder
-from .consumer import RabbitConsumer
-from .convert import connection_user, copyable_user_id, to_amqp_properties
+from .config import QueueType, RabbitMQConsumerConfig, UrlOrder
+from .consumer import ConsumerHost, RabbitConsumer, tag_of
+from .convert import connection_user, copyable_user_id, to_amqp_properties, to_message
 from .publishing import (
     REFUSALS,
     REFUSED_COPY_LIMIT,
@@ -89,6 +90,7 @@ class RabbitMQBackend(Backend):
         #: Re-establishes consumers the broker cancelled, unless a ResilientBackend took
         #: their recovery over (see `Consumer.on_gone`).
         self._restorer = Restorer()
+        self._host: ConsumerHost = _Host(self)
         #: The ack coalescer of each consumer channel (see `acks.py`).
         self._acks: dict[RawChannel, AckCoalescer] = {}
         #: Closing the channels of cancelled consumers, once their messages are settled.
@@ -231,7 +233,13 @@ class RabbitMQBackend(Backend):
             raise
 
     async def consume(self, queue: str, intake: Intake, *, prefetch: int) -> Consumer:
-        consumer = RabbitConsumer(self, queue, intake, prefetch)
+        consumer = RabbitConsumer(
+            self._host,
+            queue,
+            intake,
+            prefetch,
+            isolate_suspects=self.config.queue_type is QueueType.QUORUM,
+        )
         consumer.on_gone = lambda _: self._restore(consumer)
         await consumer.start()
         self._consumers.append(consumer)
@@ -244,9 +252,6 @@ class RabbitMQBackend(Backend):
             consumer.resubscribe,
             wanted=lambda: not consumer.cancelled and self.is_connected,
         )
-
-    async def _stop_restoring(self, consumer: RabbitConsumer) -> None:
-        await self._restorer.stop(consumer)
 
     async def _discard_channel(self, channel: AbstractChannel, raw: RawChannel | None) -> None:
         """Close a consumer channel whose start-up failed or was cancelled half-way."""
@@ -493,3 +498,51 @@ class RabbitMQBackend(Backend):
             "consumers": {c.queue: c.active for c in self._consumers},
             "settle_failures": self.settle_failures,
         }
+
+
+class _Host:
+    """The backend as its consumers see it (`ConsumerHost`): a consumer reaches nothing of
+    the backend beyond these."""
+
+    __slots__ = ("_backend",)
+
+    def __init__(self, backend: RabbitMQBackend) -> None:
+        self._backend = backend
+
+    def open_channel(self) -> AbstractChannel:
+        return self._backend._require_connection().channel(publisher_confirms=False)
+
+    def next_consumer_tag(self, queue: str) -> str | None:
+        return self._backend._next_consumer_tag(queue)
+
+    def track_acks(
+        self, channel: RawChannel, prefetch: int, *, replacing: RawChannel | None
+    ) -> None:
+        self._backend._start_acks(channel, prefetch, replacing=replacing)
+
+    def delivered(self, delivered: DeliveredMessage) -> None:
+        acks = self._backend._acks.get(delivered.channel)
+        if acks is not None:
+            acks.delivered(tag_of(delivered))
+
+    def message_of(self, delivered: DeliveredMessage, queue: str) -> Message[Any]:
+        backend = self._backend
+        message = to_message(delivered, queue, backend, backend.config.max_body_size)
+        if message.redelivered and backend.took_back(message):
+            message.came_back_unsettled = False
+        return message
+
+    async def nack(self, channel: RawChannel, tag: int, *, requeue: bool) -> None:
+        await self._backend._nack(channel, tag, requeue=requeue)
+
+    async def declare(self, queue: str) -> None:
+        await self._backend.declare(queue)
+
+    async def discard_channel(self, channel: AbstractChannel, raw: RawChannel | None) -> None:
+        await self._backend._discard_channel(channel, raw)
+
+    async def stop_restoring(self, consumer: RabbitConsumer) -> None:
+        await self._backend._restorer.stop(consumer)
+
+    def retire(self, consumer: RabbitConsumer, channel: RawChannel | None) -> None:
+        self._backend._retire(consumer, channel)

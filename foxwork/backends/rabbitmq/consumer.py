@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from aio_pika.abc import AbstractChannel
 from aiormq.abc import AbstractChannel as RawChannel
 from aiormq.abc import DeliveredMessage
 
@@ -14,13 +15,8 @@ from ...errors import BackendError
 from ...message import Message
 from ..base import Consumer, Intake
 from ._io import TRANSPORT_ERRORS, mapped
-from .config import QueueType
-from .convert import to_message
 
-if TYPE_CHECKING:
-    from .backend import RabbitMQBackend
-
-__all__ = ["RabbitConsumer", "is_suspect", "nack_quietly", "tag_of"]
+__all__ = ["ConsumerHost", "RabbitConsumer", "is_suspect", "nack_quietly", "tag_of"]
 
 logger = logging.getLogger("foxwork.backends.rabbitmq")
 
@@ -32,6 +28,44 @@ def is_suspect(message: Message[Any]) -> bool:
     """True for a message that may have killed a worker process: it came back without
     being settled (`came_back_unsettled`, a quorum queue's `x-delivery-count`)."""
     return message.came_back_unsettled or message.delivery_count > 0
+
+
+class ConsumerHost(Protocol):
+    """What a `RabbitConsumer` needs from the backend that made it, and nothing more."""
+
+    def open_channel(self) -> AbstractChannel:
+        """A new channel on the live connection, to be awaited (opened) by the consumer.
+        Raises `ConnectionLost` when there is no connection."""
+
+    def next_consumer_tag(self, queue: str) -> str | None:
+        """The consumer tag of the next subscription to `queue` (None: the broker's)."""
+
+    def track_acks(
+        self, channel: RawChannel, prefetch: int, *, replacing: RawChannel | None
+    ) -> None:
+        """Settle the deliveries of `channel` from now on (acks coalesced), no longer
+        those of `replacing`. Called before the subscription, so none is missed."""
+
+    def delivered(self, delivered: DeliveredMessage) -> None:
+        """Register a delivery, in arrival order, before anything can settle it."""
+
+    def message_of(self, delivered: DeliveredMessage, queue: str) -> Message[Any]:
+        """The `Message` of a delivery from `queue`, settled by the backend."""
+
+    async def nack(self, channel: RawChannel, tag: int, *, requeue: bool) -> None:
+        """Nack a delivery of `channel`. Raises a transport error when the channel died."""
+
+    async def declare(self, queue: str) -> None:
+        """Declare the topology of `queue` again (it may have been deleted)."""
+
+    async def discard_channel(self, channel: AbstractChannel, raw: RawChannel | None) -> None:
+        """Close a channel whose subscription failed or was cancelled half-way."""
+
+    async def stop_restoring(self, consumer: RabbitConsumer) -> None:
+        """Stop re-establishing `consumer` (it is being cancelled)."""
+
+    def retire(self, consumer: RabbitConsumer, channel: RawChannel | None) -> None:
+        """Forget a cancelled consumer; close its channel once what it received is settled."""
 
 
 class RabbitConsumer(Consumer):
@@ -50,11 +84,26 @@ class RabbitConsumer(Consumer):
     Classic queues keep the full prefetch: there `RetryMiddleware` counts a delivery that
     came back, and after an unclean broker restart RabbitMQ marks every recovered message
     redelivered, which one message at a time would crawl through.
+
+    Args:
+        host: the backend's side of the consumer (`ConsumerHost`).
+        queue: the queue to consume.
+        intake: where deliveries go.
+        prefetch: deliveries unsettled at a time.
+        isolate_suspects: subscribe carefully while crash suspects come in (quorum queues).
     """
 
-    def __init__(self, backend: RabbitMQBackend, queue: str, intake: Intake, prefetch: int) -> None:
+    def __init__(
+        self,
+        host: ConsumerHost,
+        queue: str,
+        intake: Intake,
+        prefetch: int,
+        *,
+        isolate_suspects: bool,
+    ) -> None:
         self.queue = queue
-        self._backend = backend
+        self._host = host
         self._intake = intake
         self._prefetch = prefetch
         # Deliveries the pool had no room for yet, in arrival order (`message.raw` is the
@@ -67,7 +116,7 @@ class RabbitConsumer(Consumer):
         # Quorum queues count every delivery that comes back towards the delivery limit:
         # there the consumer isolates suspects. Subscribed with CAREFUL_PREFETCH (True) or
         # the full prefetch.
-        self._isolates = backend.config.queue_type is QueueType.QUORUM
+        self._isolates = isolate_suspects
         self._careful = self._isolates
 
     @property
@@ -90,8 +139,7 @@ class RabbitConsumer(Consumer):
         return self._cancelled
 
     async def start(self) -> None:
-        connection = self._backend._require_connection()
-        channel = connection.channel(publisher_confirms=False)
+        channel = self._host.open_channel()
         raw: RawChannel | None = None
         try:
             async with mapped(f"consuming {self.queue!r}"):
@@ -105,14 +153,14 @@ class RabbitConsumer(Consumer):
                 raw = await channel.get_underlay_channel()
                 raw.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
                 # Before consuming: the first delivery may be handled before consume() returns.
-                self._backend._start_acks(raw, self._prefetch, replacing=self._channel)
-                tag = self._backend._next_consumer_tag(self.queue)
+                self._host.track_acks(raw, self._prefetch, replacing=self._channel)
+                tag = self._host.next_consumer_tag(self.queue)
                 ok = await raw.basic_consume(self.queue, self._on_delivery, consumer_tag=tag)
         except BaseException:
             # Failed or cancelled half-way (a restore that was stopped): the channel
             # opened so far is closed, or a subscription made on it would keep taking
             # deliveries that nobody settles.
-            await self._backend._discard_channel(channel, raw)
+            await self._host.discard_channel(channel, raw)
             raise
         self._channel = raw
         self._tag = ok.consumer_tag
@@ -124,16 +172,12 @@ class RabbitConsumer(Consumer):
     async def _on_delivery(self, delivered: DeliveredMessage) -> None:
         # aiormq runs this in a task per delivery, started in the order the deliveries
         # arrived, and this first step never waits: tags are registered in order.
-        backend = self._backend
-        acks = backend._acks.get(delivered.channel)
-        if acks is not None:
-            acks.delivered(tag_of(delivered))
+        host = self._host
+        host.delivered(delivered)
         if self._cancelled:
-            await nack_quietly(backend, delivered)
+            await nack_quietly(host, delivered)
             return
-        message = to_message(delivered, self.queue, backend, backend.config.max_body_size)
-        if message.redelivered and backend.took_back(message):
-            message.came_back_unsettled = False
+        message = host.message_of(delivered, self.queue)
         # Straight into the pool when it has room and nothing waits before this delivery
         # (the processing runs in the pool's own task, never in aiormq's); otherwise in
         # order through the buffer, as is a delivery that changes the prefetch (`_hand_over`
@@ -157,7 +201,7 @@ class RabbitConsumer(Consumer):
                 await self._intake.dispatch(message)
             except BaseException as exc:
                 if message.worker is None and not message.settled:
-                    await nack_quietly(self._backend, delivered)
+                    await nack_quietly(self._host, delivered)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 # The hand-over ends here: `active` turns false, and whoever watches it (the
@@ -188,7 +232,7 @@ class RabbitConsumer(Consumer):
                 ok = await channel.basic_consume(
                     self.queue,
                     self._on_delivery,
-                    consumer_tag=self._backend._next_consumer_tag(self.queue),
+                    consumer_tag=self._host.next_consumer_tag(self.queue),
                 )
         except BackendError as exc:
             # The channel is gone: the watchdog or the reconnect subscribes again.
@@ -226,7 +270,7 @@ class RabbitConsumer(Consumer):
         if self._channel is not None and not self._channel.is_closed:
             with contextlib.suppress(*TRANSPORT_ERRORS):
                 await self._channel.close()
-        await self._backend.declare(self.queue)
+        await self._host.declare(self.queue)
         await self.start()
 
     def _drain_buffer_quietly(self) -> list[DeliveredMessage]:
@@ -243,16 +287,16 @@ class RabbitConsumer(Consumer):
         if channel is not None and tag is not None and not channel.is_closed:
             with contextlib.suppress(*TRANSPORT_ERRORS, TimeoutError):
                 await channel.basic_cancel(tag, timeout=5)
-        await self._backend._stop_restoring(self)
+        await self._host.stop_restoring(self)
         task = self._hand_over_task
         if task is not None and not task.done():
             task.cancel()
             await asyncio.wait([task])
         # Received but never handed to the pool: straight back to the queue.
         for delivered in self._drain_buffer_quietly():
-            await nack_quietly(self._backend, delivered)
+            await nack_quietly(self._host, delivered)
         # The messages still in the pool settle on the channel: it closes after them.
-        self._backend._retire(self, channel)
+        self._host.retire(self, channel)
 
 
 def tag_of(delivered: DeliveredMessage) -> int:
@@ -261,6 +305,6 @@ def tag_of(delivered: DeliveredMessage) -> int:
     return tag
 
 
-async def nack_quietly(backend: RabbitMQBackend, delivered: DeliveredMessage) -> None:
+async def nack_quietly(host: ConsumerHost, delivered: DeliveredMessage) -> None:
     with contextlib.suppress(*TRANSPORT_ERRORS):
-        await backend._nack(delivered.channel, tag_of(delivered), requeue=True)
+        await host.nack(delivered.channel, tag_of(delivered), requeue=True)
