@@ -231,7 +231,7 @@ async def test_demo_with_the_same_seed_replays_the_same_run():
         return (
             result.completed,
             result.retried,
-            sorted(result.dead_letters, key=lambda d: d.order_id or 0),
+            sorted((d.id, d.exception_type, d.reason) for d in result.dead_letters),
             [w.handled for w in result.workers],
         )
 

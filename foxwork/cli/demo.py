@@ -25,9 +25,9 @@ from typing import Any, TextIO
 
 from pydantic import BaseModel, Field
 
-from .. import wire
 from ..backends.memory import MemoryBackend, StoredMessage
 from ..builder import WorkerPoolBuilder
+from ..deadletter import DeadLetterInfo, describe
 from ..errors import ConfigurationError, DeadLetter, RetryLater
 from ..message import Message
 from ..middleware import AckNackMiddleware, RetryMiddleware
@@ -154,15 +154,6 @@ def build_pool(plan: _Plan, workers: int) -> WorkerPool:
         .with_queues(QUEUE)
         .build()
     )
-
-
-@dataclasses.dataclass(frozen=True)
-class DeadLetterInfo:
-    """One message in the dead-letter queue."""
-
-    order_id: int | None
-    exception_type: str
-    reason: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,16 +292,17 @@ async def run_demo(
 
 
 def _dead_letter_info(stored: StoredMessage) -> DeadLetterInfo:
-    try:
-        order_id = int(json.loads(stored.body)["order_id"])
-    except (ValueError, KeyError, TypeError):
-        order_id = None
-    exception_type = str(stored.headers.get(wire.EXCEPTION_TYPE, ""))
-    return DeadLetterInfo(
-        order_id=order_id,
-        exception_type=exception_type.rpartition(".")[2],
-        reason=str(stored.headers.get(wire.FAILURE_REASON, "")),
+    return describe(
+        stored.body, stored.headers, message_id=stored.properties.message_id, queue=QUEUE
     )
+
+
+def order_id(dead: DeadLetterInfo) -> int | None:
+    """The order a dead letter of the demo was about, or None when its body says none."""
+    try:
+        return int(json.loads(dead.body)["order_id"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def format_summary(result: DemoResult) -> str:
@@ -324,8 +316,10 @@ def format_summary(result: DemoResult) -> str:
         f"  dead-lettered   {len(result.dead_letters)}",
     ]
     for dead in result.dead_letters:
-        order = "?" if dead.order_id is None else str(dead.order_id)
-        lines.append(f"    order {order}: {dead.exception_type}: {dead.reason}")
+        number = order_id(dead)
+        order = "?" if number is None else str(number)
+        exception = dead.exception_type.rpartition(".")[2]
+        lines.append(f"    order {order}: {exception}: {dead.reason}")
     lines.append("  worker              handled    ok  failed")
     for worker in result.workers:
         lines.append(

@@ -21,13 +21,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Mapping
-from datetime import datetime
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection
 from types import TracebackType
-from typing import Any
 
 import aio_pika
 import aiormq
@@ -40,8 +37,8 @@ from aio_pika.abc import (
 from aiolimiter import AsyncLimiter
 from yarl import URL
 
-from ... import wire
 from ..._redact import redact, redact_url
+from ...deadletter import DeadLetterInfo, describe
 from ...errors import ConfigurationError, ConnectionLost
 from ._io import TRANSPORT_ERRORS, mapped
 from .config import RabbitMQConsumerConfig
@@ -53,92 +50,8 @@ logger = logging.getLogger("foxwork.dlq")
 __all__ = ["DeadLetterInfo", "DeadLetterQueue", "ReplayResult"]
 
 
-@dataclasses.dataclass(frozen=True)
-class DeadLetterInfo:
-    """One message in a dead-letter queue.
-
-    Attributes:
-        id: the message id ("" when it has none).
-        queue: the queue it failed in.
-        routing_key: the routing key it was originally published with.
-        exchange: the exchange it was originally published to ("" = default).
-        reason: `x-failure-reason`, or the broker's reason from `x-death`.
-        exception_type: `x-exception-type` ("" when the broker dead-lettered it).
-        final_attempt: the attempt that failed last (0 when unknown).
-        failed_at: when it was dead-lettered (ISO 8601), "" when unknown.
-        source: "foxwork" (published with diagnostic headers) or "broker" (x-death).
-        headers, body, properties: the message as stored.
-    """
-
-    id: str
-    queue: str
-    routing_key: str
-    exchange: str
-    reason: str
-    exception_type: str
-    final_attempt: int
-    failed_at: str
-    source: str
-    headers: Mapping[str, Any]
-    body: bytes
-    properties: Mapping[str, Any]
-
-    def summary(self) -> dict[str, Any]:
-        """The fields `foxwork dlq list` shows, JSON-serialisable."""
-        return {
-            "id": self.id,
-            "reason": self.reason,
-            "exception_type": self.exception_type,
-            "final_attempt": self.final_attempt,
-            "failed_at": self.failed_at,
-            "queue": self.queue,
-            "routing_key": self.routing_key,
-            "source": self.source,
-        }
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return "" if value is None else str(value)
-
-
-def _int(value: Any) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return 0
-
-
 def _describe(message: AbstractIncomingMessage, queue: str) -> DeadLetterInfo:
-    """What a dead letter says; `queue` (whose DLQ it is in) stands in for the queue it
-    failed in when the dead letter does not name it."""
-    headers: dict[str, Any] = dict(message.headers or {})
-    deaths = headers.get(wire.DEATH_HISTORY)
-    death: Mapping[str, Any] = deaths[0] if isinstance(deaths, list) and deaths else {}
-    if wire.FAILURE_REASON in headers:
-        source = "foxwork"
-        queue = _text(headers.get(wire.ORIGINAL_QUEUE))
-        routing_key = _text(headers.get(wire.ORIGINAL_ROUTING_KEY))
-        exchange = _text(headers.get(wire.ORIGINAL_EXCHANGE))
-        reason = _text(headers.get(wire.FAILURE_REASON))
-        exception_type = _text(headers.get(wire.EXCEPTION_TYPE))
-        final_attempt = _int(headers.get(wire.FINAL_ATTEMPT))
-        failed_at = _text(headers.get(wire.FAILED_AT))
-    else:
-        source = "broker"
-        queue = _text(death.get("queue")) or queue
-        keys = death.get("routing-keys") or []
-        routing_key = _text(keys[0]) if keys else queue
-        exchange = _text(death.get("exchange"))
-        why = _text(death.get("reason")) or "unknown"
-        reason = f"dead-lettered by the broker: {why}"
-        if why == "delivery_limit":
-            reason += " (the message was delivered too often without being settled)"
-        exception_type = ""
-        final_attempt = _int(headers.get(wire.DELIVERY_COUNT)) or _int(death.get("count"))
-        when = death.get("time")
-        failed_at = when.isoformat() if isinstance(when, datetime) else _text(when)
+    """What a dead letter on RabbitMQ says (see `foxwork.deadletter.describe`)."""
     properties = {
         "content_type": message.content_type,
         "content_encoding": message.content_encoding,
@@ -149,18 +62,11 @@ def _describe(message: AbstractIncomingMessage, queue: str) -> DeadLetterInfo:
         "type": message.type,
         "timestamp": message.timestamp.isoformat() if message.timestamp else None,
     }
-    return DeadLetterInfo(
-        id=message.message_id or "",
+    return describe(
+        message.body,
+        message.headers or {},
+        message_id=message.message_id,
         queue=queue,
-        routing_key=routing_key,
-        exchange=exchange,
-        reason=reason,
-        exception_type=exception_type,
-        final_attempt=final_attempt,
-        failed_at=failed_at,
-        source=source,
-        headers=headers,
-        body=message.body,
         properties=properties,
     )
 
