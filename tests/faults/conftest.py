@@ -23,6 +23,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,7 +40,7 @@ from foxwork.backends import (
     ResilientBackend,
 )
 from foxwork.middleware import AckNackMiddleware, RetryMiddleware
-from tests.harness.pytest_plugin import make_cluster
+from tests.harness.pytest_plugin import make_cluster, mark_folder
 from tests.harness.rabbitmq import RabbitMQCluster, RabbitMQNode
 
 from .proxy import TcpProxy
@@ -622,3 +623,9 @@ async def in_thread(function: Callable[..., Any], *args: Any) -> Any:
     """Run a blocking harness call (kill, restart, rabbitmqctl) off the event loop, so the
     pool, its heartbeats and its reconnect attempts keep running meanwhile."""
     return await asyncio.to_thread(function, *args)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Every fault test needs the real broker and injects faults: marked by folder.
+    mark_folder(items, Path(__file__).parent, pytest.mark.rabbitmq, pytest.mark.faults)

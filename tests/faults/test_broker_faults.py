@@ -33,8 +33,6 @@ from .conftest import (
 )
 from .proxy import TcpProxy
 
-pytestmark = [pytest.mark.rabbitmq, pytest.mark.faults]
-
 DISCONNECTED = ConnectionState.DISCONNECTED
 
 

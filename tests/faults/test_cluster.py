@@ -24,7 +24,7 @@ from .conftest import (
     topology_names,
 )
 
-pytestmark = [pytest.mark.rabbitmq, pytest.mark.faults, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 @pytest.mark.timeout(300)

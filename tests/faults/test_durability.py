@@ -27,8 +27,6 @@ from .conftest import (
     topology_names,
 )
 
-pytestmark = [pytest.mark.rabbitmq, pytest.mark.faults]
-
 #: Seconds a retried copy waits in its tier. Longer than a kill + restart (about 7 s here,
 #: 17 s seen on a loaded 2-core CI machine) plus the time to fail every message first, so
 #: the copies are still waiting when the broker is back and can be counted.

@@ -22,8 +22,6 @@ from tests.apps.files import read_lines
 from tests.apps.process import FoxworkProcess, foxwork_env
 from tests.rabbitmq.support import RabbitProbe, wait_until
 
-pytestmark = [pytest.mark.rabbitmq, pytest.mark.faults]
-
 MESSAGES = 150
 CONCURRENCY = 50
 PREFETCH = 100

@@ -35,6 +35,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import NoReturn, Protocol
 from urllib.parse import urlsplit
 
@@ -90,6 +91,16 @@ REDIS_SCHEMES = ("redis", "rediss")
 
 _session_node_key = pytest.StashKey[RabbitMQNode]()
 _session_redis_key = pytest.StashKey[RedisServer]()
+
+
+def mark_folder(items: list[pytest.Item], folder: Path, *marks: pytest.MarkDecorator) -> None:
+    """Give every collected test under `folder` the `marks`: a folder's conftest calls it
+    from `pytest_collection_modifyitems` (with `tryfirst=True`, so the marks are there
+    before `-m` selects), and no test file there can forget them."""
+    for item in items:
+        if item.path.is_relative_to(folder):
+            for mark in marks:
+                item.add_marker(mark)
 
 
 def in_ci() -> bool:

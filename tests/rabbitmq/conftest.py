@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -22,6 +23,7 @@ from foxwork import Worker, WorkerPool
 from foxwork.backends.base import Backend
 from foxwork.backends.rabbitmq import RabbitMQBackend
 from foxwork.middleware import AckNackMiddleware, Middleware, RetryMiddleware
+from tests.harness.pytest_plugin import mark_folder
 from tests.harness.rabbitmq import RabbitMQNode
 
 from .support import RabbitProbe, delete_topology
@@ -139,3 +141,9 @@ def make_user(rabbitmq_node: RabbitMQNode, rabbitmq_url: str) -> Iterator[UserFa
     yield factory
     for user in users:
         rabbitmq_node.ctl("delete_user", user)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Every test here needs the real broker: marked by folder, not file by file.
+    mark_folder(items, Path(__file__).parent, pytest.mark.rabbitmq)

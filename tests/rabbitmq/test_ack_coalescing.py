@@ -7,7 +7,6 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Any
 
-import pytest
 from aiormq.abc import AbstractChannel as RawChannel
 
 from foxwork import Message, MessageProperties
@@ -16,8 +15,6 @@ from foxwork.middleware import AckNackMiddleware, AckPolicy
 
 from .conftest import PoolStarter
 from .support import RabbitProbe, Recorder, wait_until
-
-pytestmark = pytest.mark.rabbitmq
 
 JSON = MessageProperties(content_type="application/json")
 

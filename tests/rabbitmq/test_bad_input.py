@@ -16,8 +16,6 @@ from tests.unit.helpers import compression_bomb
 from .conftest import BackendFactory, PoolStarter
 from .support import RabbitProbe, Recorder, fail_while, publish_without_message_id
 
-pytestmark = pytest.mark.rabbitmq
-
 #: The body limit the backend is configured with in these tests (bytes).
 MAX_BODY_SIZE = 1_000_000
 

@@ -29,8 +29,6 @@ from .support import (
     put_dead_letters,
 )
 
-pytestmark = pytest.mark.rabbitmq
-
 #: Messages the worker always handles.
 GOOD_IDS = ("order-1", "order-2", "order-3", "order-4")
 #: Messages that fail with `UnknownSku` while the worker is broken.

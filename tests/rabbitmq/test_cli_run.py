@@ -23,8 +23,6 @@ from tests.harness.rabbitmq import RabbitMQNode
 
 from .support import RabbitProbe, delete_topology, wait_until
 
-pytestmark = pytest.mark.rabbitmq
-
 #: Seconds to wait for a worker process to start, or for a restarted one to come back
 #: (the parent waits 1 s before a restart).
 START_TIMEOUT = 20.0

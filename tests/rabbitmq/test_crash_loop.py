@@ -24,7 +24,7 @@ from foxwork.backends.rabbitmq import RabbitMQBackend
 from .conftest import BackendFactory
 from .support import RabbitProbe, publish_without_message_id
 
-pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 SCRIPT = Path(__file__).with_name("crash_worker.py")
 #: Worker processes started at most; the margin only bounds a broken run.

@@ -10,9 +10,6 @@ from __future__ import annotations
 import asyncio
 
 import aio_pika
-import pytest
-
-pytestmark = pytest.mark.rabbitmq
 
 
 async def test_cancelling_a_channels_closing_observer_leaves_the_channel_usable(

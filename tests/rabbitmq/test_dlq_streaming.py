@@ -26,8 +26,6 @@ from .support import (
     put_dead_letters,
 )
 
-pytestmark = pytest.mark.rabbitmq
-
 #: Dead letters in the large DLQ: far more than any of the operations below needs to read.
 DEAD_LETTERS = 300
 

@@ -5,8 +5,6 @@ copy carries no broker bookkeeping headers."""
 
 from __future__ import annotations
 
-import pytest
-
 from foxwork import DeadLetter, MessageProperties
 from foxwork.backends.rabbitmq import RabbitMQBackend
 from foxwork.backends.rabbitmq.publishing import REFUSED_COPY_LIMIT
@@ -14,8 +12,6 @@ from foxwork.middleware import AckNackMiddleware
 
 from .conftest import BackendFactory, PoolStarter, UserFactory
 from .support import RabbitProbe, Recorder, fail_while, wait_until
-
-pytestmark = pytest.mark.rabbitmq
 
 #: Messages published through the fanout exchange in the returned-copy scenario.
 FANOUT_MESSAGES = 200

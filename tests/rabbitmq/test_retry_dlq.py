@@ -14,8 +14,6 @@ from foxwork.middleware import AckNackMiddleware, RetryMiddleware
 from .conftest import BackendFactory, PoolStarter
 from .support import RabbitProbe, Recorder, fail_while
 
-pytestmark = pytest.mark.rabbitmq
-
 #: How far an observed retry may be from its scheduled time, in seconds. The broker expires
 #: a queue-level TTL within a few milliseconds; the rest is consumer and event-loop latency.
 SCHEDULE_TOLERANCE = 0.3

@@ -11,8 +11,6 @@ from foxwork.backends.rabbitmq import RabbitMQBackend
 from .conftest import BackendFactory, PoolStarter
 from .support import RabbitProbe, Recorder, fail_while, wait_until
 
-pytestmark = pytest.mark.rabbitmq
-
 
 async def test_declaring_an_existing_classic_queue_as_quorum_names_the_argument_and_the_fix(
     make_backend: BackendFactory, queue_name: str

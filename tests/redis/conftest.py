@@ -11,12 +11,9 @@ from pathlib import Path
 
 import pytest
 
-_HERE = Path(__file__).parent
+from tests.harness.pytest_plugin import mark_folder
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # A conftest hook sees the items of the whole session; mark only the ones in this folder.
-    for item in items:
-        if item.path.is_relative_to(_HERE):
-            item.add_marker(pytest.mark.redis)
+    mark_folder(items, Path(__file__).parent, pytest.mark.redis)
