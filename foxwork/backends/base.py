@@ -1,8 +1,38 @@
-"""The `Backend` base class: what the pool needs from a broker.
+"""The `Backend` base class: what the pool needs from a broker, and what a backend promises.
 
-A backend connects, declares the topology of a queue (main, retry, dead-letter), consumes
-with a prefetch limit, publishes with confirms, and settles its own deliveries (it is the
-`Settler` behind every `Message` it creates).
+A backend has two faces:
+
+- `Backend` (this module): connect, close, declare a queue's topology, consume it into an
+  `Intake` with a prefetch limit, publish with confirms, flush settlements, report health.
+- `foxwork.message.Settler`: every `Message` a backend creates carries the backend as its
+  settler, and settles itself through it at most once (`ack_message`, `nack_message`,
+  `publish_retry`, `publish_dead_letter`). The pool never settles through the backend.
+
+What every backend guarantees, whatever the broker:
+
+- At-least-once. A delivery is gone from the broker only after it was acked, or after a
+  copy of it (retry or dead letter) was confirmed and then it was acked. A delivery that
+  is not settled when its consumer, channel or connection ends comes back to its queue,
+  marked `redelivered` and `came_back_unsettled`; one put back by a nack is `redelivered`
+  only.
+- Settle once, never raise for a dead channel: a settlement of a delivery whose channel
+  died is logged and counted, and the broker delivers the message again.
+- Copies are built by core code and only routed by the backend. `publish_retry` publishes
+  a copy with `retry_properties(message)` that comes back to `message.queue` after the
+  delay (rounded to its tier, `wire.delay_tier_ms`: one queue per tier, so a short delay
+  never waits behind a long one); `publish_dead_letter` publishes a copy with
+  `copy_properties(message, headers)` to the queue's dead-letter queue (the headers come
+  from `Message.dead_letter`).
+  Each returns once the broker confirmed the copy, and raises `PublishNotConfirmed`
+  otherwise (with `requeue=False` when the broker would refuse it forever); the message
+  then acks, or requeues, its original.
+- A consumer hands deliveries to its `Intake` one at a time, in order (`Intake`), holds at
+  most `prefetch` unsettled, and never loses one it received: what it could not hand over
+  goes back to the queue when it is cancelled.
+- A consumer that stops by itself reports it through `Consumer.on_gone`; whoever owns its
+  recovery re-establishes it (`Consumer`). Reconnecting is `ResilientBackend`'s: a backend
+  reports a lost connection to the callbacks of `add_connection_lost_callback` and does not
+  reconnect by itself.
 """
 
 from __future__ import annotations
@@ -85,7 +115,9 @@ class Consumer(abc.ABC):
 class Backend(abc.ABC):
     """Base of `MemoryBackend`, `RabbitMQBackend` and `ResilientBackend`.
 
-    Usable as an async context manager: `async with backend: ...` connects and closes.
+    A backend that creates messages also implements `foxwork.message.Settler` for them (see
+    the module docstring for what that promises). Usable as an async context manager:
+    `async with backend: ...` connects and closes.
     """
 
     #: Queues this backend was configured to consume; `WorkerPool.run()` uses them when
@@ -126,7 +158,9 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None:
-        """Cancel consumers and close the connection. Must be idempotent."""
+        """Cancel consumers (their unsettled and not yet handed-over deliveries go back to
+        their queues), send the settlements handed over so far (as `flush`, bounded), and
+        close the connection. Must be idempotent; not a connection loss (no callback)."""
 
     @abc.abstractmethod
     async def declare(self, queue: str) -> None:
@@ -136,7 +170,14 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def consume(self, queue: str, intake: Intake, *, prefetch: int) -> Consumer:
         """Start delivering messages of `queue` to `intake`, at most `prefetch` unsettled
-        at a time."""
+        at a time; returns the running `Consumer` (the first delivery may be handed over
+        before this returns).
+
+        Each delivery goes to `intake.try_dispatch(message)` first where the backend
+        receives it in a callback that must not wait; when that returns False (or always,
+        for a backend with a task of its own per consumer) the consumer awaits
+        `intake.dispatch(message)`, and hands over nothing more until it returns. Raises
+        `ConnectionLost` when not connected."""
 
     @abc.abstractmethod
     async def publish(
@@ -147,8 +188,9 @@ class Backend(abc.ABC):
         *,
         exchange: str = "",
     ) -> None:
-        """Publish a message and wait for the broker's confirm. Raises
-        `PublishNotConfirmed` when it is not confirmed."""
+        """Publish a message (mandatory: an unroutable one is not confirmed) and wait for
+        the broker's confirm. Raises `PublishNotConfirmed` when it is not confirmed, and
+        `ConnectionLost` when not connected."""
 
     def add_connection_lost_callback(self, callback: ConnectionLostCallback) -> None:
         """Call `callback(exc)` when the connection dies unexpectedly (not on `close()`)."""
@@ -165,7 +207,9 @@ class Backend(abc.ABC):
                 logger.exception("connection-lost callback %r failed", callback)
 
     def health(self) -> dict[str, Any]:
-        """Connection state for `WorkerPool.health()`; never contains secrets."""
+        """A JSON-serialisable snapshot for `WorkerPool.health()`: at least `type` (the
+        class name) and `connected`; a backend adds its own (`consumers`: queue → active,
+        counters, a redacted `url`). Never contains secrets."""
         return {"type": type(self).__name__, "connected": self.is_connected}
 
 
