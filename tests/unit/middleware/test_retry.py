@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,7 +12,6 @@ from foxwork import (
     DeadLetter,
     Drop,
     Message,
-    MessageProperties,
     PoisonMessage,
     RetryLater,
     SettleState,
@@ -332,9 +330,21 @@ async def test_a_requeue_foxwork_made_itself_is_not_counted_as_a_crash() -> None
 
 
 async def test_first_deliveries_are_never_counted_as_crash_loops() -> None:
+    # Given a middleware that dead-letters at the first redelivery
     middleware = RetryMiddleware(max_redeliveries=1)
+    settler = RecordingSettler()
+    processed: list[str] = []
+
+    async def process(message: Message[Any]) -> None:
+        processed.append(message.id)
+
+    # When the same message arrives three times, never redelivered
     for _ in range(3):
-        await middleware(make_message(message_id="order-9"), succeed)
+        await middleware(make_message(settler=settler, message_id="order-9"), process)
+
+    # Then each delivery was processed, and nothing was copied or dead-lettered
+    assert processed == ["order-9"] * 3
+    assert settler.calls == []
 
 
 async def test_max_redeliveries_none_disables_the_count() -> None:
@@ -343,135 +353,6 @@ async def test_max_redeliveries_none_disables_the_count() -> None:
         make_message(settler=settler, redelivered=True, delivery_count=100), succeed
     )
     assert settler.calls == []
-
-
-# -- end to end on the MemoryBackend ----------------------------------------------------
-
-
-async def test_a_message_failing_twice_is_processed_on_its_third_attempt(
-    make_pool: PoolFactory, memory_backend: MemoryBackend, queue_name: str
-) -> None:
-    # Given a worker that fails twice, then succeeds
-    worker = FailingWorker(lambda: Boom("flaky"), times=2)
-    pool = make_pool(worker, middleware=[AckNackMiddleware(), RetryMiddleware(**FAST)])
-    await memory_backend.add_message(queue_name, {"order": 1})
-
-    # When
-    await run_until_idle(pool, memory_backend, queue_name, expect_failures=True)
-
-    # Then
-    assert worker.attempts == [1, 2, 3]
-    assert worker.retry_headers == [None, 1, 2]
-    assert worker.succeeded.is_set()
-    assert memory_backend.retried[queue_name] == 2
-    assert memory_backend.dead_letters(queue_name) == []
-
-
-async def test_a_message_always_failing_is_dead_lettered_with_every_diagnostic_header(
-    make_pool: PoolFactory, memory_backend: MemoryBackend, queue_name: str
-) -> None:
-    # Given a worker that always fails with a very long message
-    worker = FailingWorker(lambda: Boom("x" * 5000))
-    pool = make_pool(
-        worker, middleware=[AckNackMiddleware(), RetryMiddleware(max_attempts=3, **FAST)]
-    )
-    properties = (
-        MessageProperties()
-        .with_message_id("order-1")
-        .with_correlation_id("corr-1")
-        .with_app_id("shop")
-        .with_priority(3)
-        .with_expiration("60000")
-        .with_headers({"x-tenant": "acme"})
-    )
-    await memory_backend.add_message(queue_name, {"order": 1}, properties)
-    before = datetime.now(UTC)
-
-    # When
-    await run_until_idle(pool, memory_backend, queue_name, expect_failures=True)
-
-    # Then it was tried three times and landed in the DLQ
-    assert worker.attempts == [1, 2, 3]
-    [dead] = memory_backend.dead_letters(queue_name)
-    headers = dict(dead.headers)
-    failed_at = datetime.fromisoformat(headers.pop("x-failed-at"))
-    reason = headers.pop("x-failure-reason")
-    assert headers == {
-        "x-tenant": "acme",
-        "x-retry-attempt": 2,
-        "x-original-routing-key": queue_name,
-        "x-original-exchange": "",
-        "x-original-queue": queue_name,
-        "x-exception-type": f"{__name__}.Boom",
-        "x-final-attempt": 3,
-    }
-    assert len(reason) == 1024 and reason.startswith("xxx")
-    assert failed_at.utcoffset() == timedelta(0)
-    assert before <= failed_at <= datetime.now(UTC)
-    # and the original properties are intact, minus the expiration (a dead letter must stay)
-    assert dead.body == b'{"order":1}'
-    assert dead.properties.message_id == "order-1"
-    assert dead.properties.correlation_id == "corr-1"
-    assert dead.properties.app_id == "shop"
-    assert dead.properties.priority == 3
-    assert dead.properties.content_type == "application/json"
-    assert dead.properties.expiration is None
-    assert pool.failed == 3
-
-
-async def test_retry_later_brings_the_message_back(
-    make_pool: PoolFactory, memory_backend: MemoryBackend, queue_name: str
-) -> None:
-    # Given a worker asking once for a retry after 10 ms
-    worker = FailingWorker(lambda: RetryLater(delay=0.01), times=1)
-    pool = make_pool(worker, middleware=[AckNackMiddleware(), RetryMiddleware(jitter=0.0)])
-    await memory_backend.add_message(queue_name, "again")
-
-    # When
-    await run_until_idle(pool, memory_backend, queue_name, expect_failures=True)
-
-    # Then
-    assert worker.attempts == [1, 2]
-    assert memory_backend.dead_letters(queue_name) == []
-
-
-async def test_dead_letter_goes_to_the_dlq_after_one_attempt(
-    make_pool: PoolFactory, memory_backend: MemoryBackend, queue_name: str
-) -> None:
-    # Given
-    worker = FailingWorker(lambda: DeadLetter("unknown SKU 'X-1'"))
-    pool = make_pool(worker, middleware=[AckNackMiddleware(), RetryMiddleware(**FAST)])
-    await memory_backend.add_message(queue_name, {"sku": "X-1"})
-
-    # When
-    await run_until_idle(pool, memory_backend, queue_name, expect_failures=True)
-
-    # Then
-    assert worker.attempts == [1]
-    assert memory_backend.retried[queue_name] == 0
-    [dead] = memory_backend.dead_letters(queue_name)
-    assert dead.headers["x-failure-reason"] == "unknown SKU 'X-1'"
-    assert dead.headers["x-exception-type"] == "foxwork.errors.DeadLetter"
-    assert dead.headers["x-final-attempt"] == 1
-
-
-async def test_drop_acks_without_retry_or_dead_letter(
-    make_pool: PoolFactory, memory_backend: MemoryBackend, queue_name: str
-) -> None:
-    # Given
-    worker = FailingWorker(lambda: Drop("stale"))
-    pool = make_pool(worker, middleware=[AckNackMiddleware(), RetryMiddleware(**FAST)])
-    await memory_backend.add_message(queue_name, "old news")
-
-    # When
-    await run_until_idle(pool, memory_backend, queue_name, expect_failures=True)
-
-    # Then
-    assert worker.attempts == [1]
-    assert memory_backend.retried[queue_name] == 0
-    assert memory_backend.dead_letters(queue_name) == []
-    assert memory_backend.depth(queue_name) == 0
-    assert (pool.processed, pool.failed) == (1, 0)
 
 
 # -- delays out of range ----------------------------------------------------------------
