@@ -1,6 +1,5 @@
-"""Middleware on a real broker: the circuit breaker holding messages through an outage,
-batches settled by their outcome with real acks, and a trace carried through the headers of
-a retry copy."""
+"""Middleware on a real broker: the circuit breaker holding messages through an outage, and a
+trace carried through the headers of a retry copy (batches are in tests/contract)."""
 
 from __future__ import annotations
 
@@ -18,7 +17,6 @@ from foxwork import Message, MessageProperties
 from foxwork.backends.rabbitmq import RabbitMQBackend
 from foxwork.middleware import (
     AckNackMiddleware,
-    BatchMiddleware,
     CircuitBreakerMiddleware,
     CircuitState,
     RetryMiddleware,
@@ -133,71 +131,6 @@ async def test_an_open_circuit_holds_messages_through_an_outage_and_loses_or_dea
     assert all(d.retry_attempt == 1 for d in retried)
     assert len({d.id for d in retried}) <= FAILURE_THRESHOLD + CONCURRENCY - 1
     # and nothing was dead-lettered, nothing is left in the queue or a retry tier
-    await assert_drained(probe, queue_name, tiers)
-
-
-# -- batches -----------------------------------------------------------------------------
-
-
-class FailFirstBatchOnce:
-    """A `BatchHandler` whose first call fails (the whole batch), every later one succeeds."""
-
-    def __init__(self) -> None:
-        self.batches: list[list[tuple[str, Any]]] = []
-        self.processed: list[str] = []
-
-    async def process_batch(self, batch: Sequence[Message[Any]]) -> None:
-        self.batches.append([(m.id, m.headers.get("x-retry-attempt")) for m in batch])
-        if len(self.batches) == 1:
-            raise ConnectionError("warehouse unavailable")
-        self.processed.extend(m.id for m in batch)
-
-
-async def test_a_failed_batch_is_retried_message_by_message_and_every_delivery_is_acked(
-    make_backend: BackendFactory, start_pool: PoolStarter, probe: RabbitProbe, queue_name: str
-) -> None:
-    # Given 30 messages waiting, and a batch handler whose first batch fails once
-    backend = await make_backend()
-    await backend.declare(queue_name)
-    ids = [f"b{i:02d}" for i in range(30)]
-    for message_id in ids:
-        await backend.publish(queue_name, b"{}", json_message(message_id))
-    handler = FailFirstBatchOnce()
-    worker = Recorder()
-
-    # When a pool of 10 (prefetch 10) batches them by 10 behind AckNack and Retry
-    pool = await start_pool(
-        backend,
-        worker,
-        middleware=[
-            AckNackMiddleware(),
-            RetryMiddleware(max_attempts=3, initial_backoff=0.1),
-            BatchMiddleware(handler, batch_size=10, flush_interval=0.2),
-        ],
-        concurrency_limit=10,
-        prefetch=10,
-    )
-
-    async def all_processed() -> bool:
-        return set(handler.processed) == set(ids)
-
-    await wait_until(all_processed, what="all 30 processed by a batch")
-    await pool.shutdown(timeout=5)
-    tiers = retry_tiers(backend, queue_name)
-    await backend.close()
-
-    # Then the first batch was full, and exactly its 10 messages came back as retries
-    first = handler.batches[0]
-    assert len(first) == 10
-    assert all(attempt is None for _, attempt in first)
-    retried = {i for batch in handler.batches[1:] for i, attempt in batch if attempt == 1}
-    assert retried == {i for i, _ in first}
-    assert all(attempt in (None, 1) for batch in handler.batches for _, attempt in batch)
-    # and every message succeeded exactly once, through the handler, never the worker
-    assert sorted(handler.processed) == ids
-    assert worker.deliveries == []
-    # and with the consumer gone nothing returned to the queue (every delivery was acked),
-    # nothing was dead-lettered, no retry copy is left
     await assert_drained(probe, queue_name, tiers)
 
 
