@@ -3,7 +3,6 @@ circuit breaker and batches are specified in tests/contract, on every backend)."
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry.sdk.trace import TracerProvider
@@ -21,7 +20,7 @@ from foxwork.middleware import (
 )
 
 from .conftest import PoolStarter
-from .support import RabbitProbe, Recorder, wait_until
+from .support import Recorder, wait_until
 
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
 
@@ -30,21 +29,6 @@ def json_message(message_id: str, **headers: Any) -> MessageProperties:
     return MessageProperties(
         content_type="application/json", message_id=message_id, headers=headers
     )
-
-
-def retry_tiers(backend: RabbitMQBackend, queue: str) -> list[str]:
-    """The retry queues the backend declared for `queue` (read before it closes)."""
-    names = backend.config.names(queue)
-    return [names.retry_queue(ms) for q, ms in backend.topology._tiers if q == queue]
-
-
-async def assert_drained(probe: RabbitProbe, queue: str, tiers: Sequence[str]) -> None:
-    """Nothing ready in the queue, its DLQ and its retry tiers (an expired tier is empty)."""
-    assert tiers, "a retry happened, so a retry tier was declared"
-    assert await probe.ready(queue) == 0
-    assert await probe.ready(f"{queue}-dlq") == 0
-    for tier in tiers:
-        assert await probe.ready(tier) in (0, None), tier
 
 
 # -- tracing -----------------------------------------------------------------------------
