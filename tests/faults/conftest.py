@@ -42,6 +42,7 @@ from foxwork.backends import (
 from foxwork.middleware import AckNackMiddleware, RetryMiddleware
 from tests.harness.pytest_plugin import make_cluster, mark_folder
 from tests.harness.rabbitmq import RabbitMQCluster, RabbitMQNode
+from tests.support.waiting import wait_until
 
 from .proxy import TcpProxy
 
@@ -56,43 +57,6 @@ RETRY_SETTINGS: dict[str, Any] = {"max_attempts": 5, "initial_backoff": 0.2, "ji
 RETRY_TIER_MS = 200
 #: Seconds a pool gets to finish in-flight messages when a scenario ends.
 SHUTDOWN_TIMEOUT = 10.0
-
-
-# -- waiting -------------------------------------------------------------------------
-
-
-async def wait_until(
-    predicate: Callable[[], bool | Awaitable[bool]],
-    *,
-    timeout: float,
-    what: str | Callable[[], str],
-    interval: float = 0.05,
-) -> float:
-    """Wait until `predicate()` is true; fail the test after `timeout` seconds.
-
-    Args:
-        predicate: a function, or a coroutine function, returning whether to stop waiting.
-        timeout: seconds before the test fails.
-        what: the condition in words, for the failure message (a callable is called then,
-            to show the state at the deadline).
-        interval: seconds between two checks.
-
-    Returns:
-        The seconds it took.
-    """
-    loop = asyncio.get_running_loop()
-    began = loop.time()
-    deadline = began + timeout
-    while True:
-        result = predicate()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return loop.time() - began
-        if loop.time() >= deadline:
-            text = what if isinstance(what, str) else what()
-            pytest.fail(f"timed out after {timeout:.0f} s waiting until {text}", pytrace=False)
-        await asyncio.sleep(interval)
 
 
 # -- numbered messages and the ledger ------------------------------------------------

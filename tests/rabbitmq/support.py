@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -33,6 +32,7 @@ from yarl import URL
 from foxwork import Message, MessageProperties, Worker, wire
 from foxwork.backends.rabbitmq import RabbitMQBackend
 from tests.harness.rabbitmq import RabbitMQNode
+from tests.support.waiting import DEFAULT_WAIT, wait_until
 
 __all__ = [
     "SMALL_MAX_MESSAGE_SIZE",
@@ -49,25 +49,6 @@ __all__ = [
     "put_dead_letters",
     "wait_until",
 ]
-
-#: Seconds a test waits for something that normally takes milliseconds.
-DEFAULT_WAIT = 10.0
-
-
-async def wait_until(
-    condition: Callable[[], Awaitable[bool]],
-    *,
-    what: str,
-    timeout: float = DEFAULT_WAIT,
-    interval: float = 0.05,
-) -> None:
-    """Poll `condition` until it is true; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting until {what}")
-        await asyncio.sleep(interval)
-
 
 # -- reading queues ----------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from foxwork import Message, MessageProperties, PublishNotConfirmed, Worker
+from tests.support.waiting import wait_until
 
 
 class RecordingSettler:
@@ -139,8 +140,4 @@ WAIT = 5.0
 
 async def eventually(condition: Callable[[], bool], timeout: float = WAIT) -> None:
     """Wait until `condition()` holds, checking after each turn of the event loop."""
-    async with asyncio.timeout(timeout):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.001)
+    await wait_until(condition, timeout=timeout, interval=0)

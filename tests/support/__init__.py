@@ -1,0 +1,1 @@
+"""Helpers shared by every test folder (unit, contract, real-broker and fault tests)."""
