@@ -10,7 +10,7 @@ from typing import Any
 from foxwork import Message, MessageProperties
 from foxwork.backends import Backend
 from foxwork.middleware import AckNackMiddleware, BatchMiddleware, BatchResult, RetryMiddleware
-from tests.rabbitmq.support import Recorder
+from tests.support.recording import Recorder
 
 from .conftest import Broker, PoolStarter
 from .test_semantics import stop

@@ -15,7 +15,7 @@ from foxwork.middleware import (
     CircuitState,
     RetryMiddleware,
 )
-from tests.rabbitmq.support import Recorder
+from tests.support.recording import Recorder
 
 from .conftest import Broker, PoolStarter
 from .test_semantics import stop

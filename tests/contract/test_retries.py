@@ -8,7 +8,7 @@ from typing import Any
 from foxwork import DeadLetter, Drop, Message, MessageProperties, RetryLater
 from foxwork.backends import Backend
 from foxwork.middleware import AckNackMiddleware, RetryMiddleware
-from tests.rabbitmq.support import Recorder, fail_while
+from tests.support.recording import Recorder, fail_while
 
 from .conftest import Broker, PoolStarter
 from .test_semantics import retrying, stop

@@ -17,7 +17,8 @@ import pytest
 from foxwork import Message, MessageProperties, PoolState, ShutdownReport, WorkerPool
 from foxwork.backends import Backend
 from foxwork.middleware import AckNackMiddleware, Middleware, RetryMiddleware
-from tests.rabbitmq.support import Recorder, fail_while, wait_until
+from tests.support.recording import Recorder, fail_while
+from tests.support.waiting import wait_until
 
 from .conftest import Broker, PoolStarter
 
