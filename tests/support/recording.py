@@ -19,6 +19,9 @@ from .waiting import DEFAULT_WAIT
 
 __all__ = ["Behaviour", "Delivery", "Received", "Recorder", "fail_while"]
 
+#: Deliveries a timeout message shows at most (a hot loop makes thousands).
+_SHOWN = 20
+
 
 @dataclasses.dataclass(frozen=True)
 class Received:
@@ -127,9 +130,11 @@ class Recorder(Worker[Any]):
             async with asyncio.timeout(timeout), self._changed:
                 await self._changed.wait_for(lambda: predicate(self))
         except TimeoutError:
+            deliveries = [(d.id, d.attempt) for d in self.deliveries]
             raise AssertionError(
-                f"timed out after {timeout} s waiting until {what}; deliveries: "
-                f"{[(d.id, d.attempt) for d in self.deliveries]}, processed: {self.processed}"
+                f"timed out after {timeout} s waiting until {what}; "
+                f"{len(deliveries)} deliveries (last {_SHOWN}: {deliveries[-_SHOWN:]}), "
+                f"{len(self.processed)} processed (last {_SHOWN}: {self.processed[-_SHOWN:]})"
             ) from None
 
     async def wait_processed(self, *ids: str, timeout: float = DEFAULT_WAIT) -> None:
