@@ -18,6 +18,7 @@ from .errors import (
 )
 from .message import Message, MessageProperties, SettleState
 from .pool import PoolState, ShutdownReport, WorkerPool
+from .publisher import OutboundMessage, Publisher, PublishOutcome
 from .strategies import LoadBalancingStrategy
 from .telemetry import names as _telemetry_names
 from .worker import Worker
@@ -37,11 +38,14 @@ __all__ = [
     "LoadBalancingStrategy",
     "Message",
     "MessageProperties",
+    "OutboundMessage",
     "PoisonMessage",
     "PoolState",
     "PoolStateError",
     "ProcessingTimeout",
     "PublishNotConfirmed",
+    "PublishOutcome",
+    "Publisher",
     "RetryLater",
     "SettleState",
     "ShutdownReport",

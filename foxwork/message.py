@@ -3,10 +3,15 @@
 A `Message` settles itself exactly once. The first of `ack()`, `nack()`, `reject()`,
 `retry()` or `dead_letter()` wins; any later call logs a warning and does nothing, so a
 double settlement can never close the channel with a second ack.
+
+A handler publishes downstream with `message.publish()`: each publish is confirmed before it
+returns, so before the message is acked; `ack()` also waits for downstream publishes still in
+flight, and acks only when every one was confirmed (see `Message.publish`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
 import hashlib
@@ -163,6 +168,42 @@ def content_id(body: bytes, properties: MessageProperties) -> str:
     return digest.hexdigest()
 
 
+class _Downstream:
+    """The downstream publishes of one message: how many were made (the next index), and
+    those still waiting for their confirm (`Message.ack()` waits for them)."""
+
+    __slots__ = ("_failure", "_idle", "in_flight", "published")
+
+    def __init__(self) -> None:
+        self.published = 0
+        self.in_flight = 0
+        self._idle: asyncio.Event | None = None
+        self._failure: BaseException | None = None
+
+    def started(self) -> None:
+        self.in_flight += 1
+
+    def finished(self, exc: BaseException | None) -> None:
+        self.in_flight -= 1
+        if exc is not None and self._failure is None:
+            self._failure = exc
+        if not self.in_flight and self._idle is not None:
+            self._idle.set()
+
+    @property
+    def settled(self) -> bool:
+        """True when every publish was confirmed (none in flight, none failed)."""
+        return not self.in_flight and self._failure is None
+
+    async def confirmed(self) -> None:
+        """Wait until no publish is in flight; raise `PublishNotConfirmed` if one failed."""
+        while self.in_flight:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+        if self._failure is not None:
+            raise PublishNotConfirmed(f"a downstream publish was not confirmed: {self._failure}")
+
+
 class Message(Generic[P]):
     """One delivery of a message from a queue.
 
@@ -192,6 +233,7 @@ class Message(Generic[P]):
     """
 
     __slots__ = (
+        "_downstream",
         "_payload",
         "_settler",
         "_state",
@@ -250,6 +292,7 @@ class Message(Generic[P]):
         self._settler = settler
         self._state = SettleState.PENDING
         self._payload: Any = _UNSET
+        self._downstream: _Downstream | None = None
         if wire.RETRY_ATTEMPT in props.headers:
             # A retried copy came back through the default exchange: restore the route it
             # was first published with.
@@ -320,9 +363,91 @@ class Message(Generic[P]):
         return True
 
     async def ack(self) -> None:
-        """Acknowledge: the broker forgets the message."""
-        if self._claim(SettleState.ACKED, "ack"):
-            await self._settler.ack_message(self)
+        """Acknowledge: the broker forgets the message.
+
+        Downstream publishes of this message still in flight (`publish()` run as a task) are
+        waited for first; if one of them was not confirmed (even one whose error the
+        handler caught), the message goes back to its queue instead of being acked."""
+        if not self._claim(SettleState.ACKED, "ack"):
+            return
+        downstream = self._downstream
+        if downstream is not None and not downstream.settled:
+            try:
+                await downstream.confirmed()
+            except PublishNotConfirmed as exc:
+                await self._requeue_unpublished(exc)
+                return
+            except BaseException:
+                self._state = SettleState.PENDING  # cancelled: settling is left to the canceller
+                raise
+        await self._settler.ack_message(self)
+
+    async def publish(
+        self,
+        payload: Any,
+        *,
+        routing_key: str,
+        exchange: str = "",
+        headers: Mapping[str, Any] | None = None,
+        priority: int | None = None,
+        expiration: float | None = None,
+        persistent: bool = True,
+    ) -> str:
+        """Publish a message downstream of this one, through the backend it came from, and
+        wait for the broker's confirm; returns the new message's id.
+
+        The id is derived from this message's id and the publish's index
+        (`f"{message.id}:{index}"`, 0 first), so a retry of this message publishes the same
+        ids again: downstream delivery is at-least-once, and a `DeduplicationMiddleware`
+        downstream drops the repeats. The arguments and the encoding are
+        `Publisher.publish()`'s.
+
+        Every publish is confirmed before this returns, so before this message can be
+        acked. One that is not raises `PublishNotConfirmed` in the handler: the message
+        fails like any other failure (retried, then dead-lettered, by the middleware); a
+        handler that catches it and returns has its message sent back to the queue by
+        `ack()`, never acked.
+
+        Raises:
+            TypeError: the payload cannot be encoded (nothing was sent).
+            PublishNotConfirmed: the broker did not confirm the publish.
+            RuntimeError: this message is settled already.
+        """
+        from .publisher import OutboundMessage, outbound  # publisher imports this module
+
+        if self.settled:
+            raise RuntimeError(
+                f"message {self.id} is settled already ({self._state.value}): publish "
+                "downstream from the handler, before it returns"
+            )
+        send = getattr(self._settler, "publish", None)
+        if send is None:
+            raise TypeError(f"{type(self._settler).__name__} cannot publish: it is no Backend")
+        downstream = self._downstream
+        if downstream is None:
+            downstream = self._downstream = _Downstream()
+        message_id = f"{self.id}:{downstream.published}"
+        downstream.published += 1
+        body, properties = outbound(
+            OutboundMessage(
+                payload,
+                routing_key,
+                exchange,
+                headers,
+                message_id,
+                priority,
+                expiration,
+                persistent,
+            )
+        )
+        downstream.started()
+        try:
+            await send(routing_key, body, properties, exchange=exchange)
+        except BaseException as exc:
+            downstream.finished(exc)
+            raise
+        downstream.finished(None)
+        return message_id
 
     async def nack(self, *, requeue: bool = True) -> None:
         """Negatively acknowledge; with `requeue` the broker delivers it again."""

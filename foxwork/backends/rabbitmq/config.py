@@ -84,7 +84,8 @@ class RabbitMQConsumerConfig(BaseModel):
         url: an AMQP URL (`amqp://user:password@host:5672/vhost`, or `amqps://` for TLS), or
             a list of URLs of cluster nodes to fail over between. Held as secrets: never
             printed.
-        queue: the queue to consume, or a list of queues (all with these settings).
+        queue: the queue to consume, or a list of queues (all with these settings); an
+            empty list for a backend that only publishes.
         consumer_tag: prefix of the consumer tags (RabbitMQ generates one when None).
         queue_type: classic or quorum.
         exchange: an exchange to bind the queue(s) to (declared as `exchange_type`,
@@ -187,9 +188,9 @@ class RabbitMQConsumerConfig(BaseModel):
     @field_validator("queue")
     @classmethod
     def _check_queues(cls, value: str | list[str]) -> str | list[str]:
+        # An empty list declares and consumes nothing: a backend that only publishes
+        # (`Publisher.connect()`); a pool refuses to run on it without queues of its own.
         names = [value] if isinstance(value, str) else value
-        if not names:
-            raise ValueError("give at least one queue name")
         for name in names:
             if not name or len(name.encode()) > 200:
                 raise ValueError(
