@@ -250,6 +250,27 @@ async def test_demo_shows_plain_progress_lines_when_not_on_a_terminal():
     assert text.splitlines()[-1].startswith("orders 4/4 done")
 
 
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--queue", "q"], "no broker URL: pass --url amqp://... or set $FOXWORK_URL"),
+        (["--url", "amqp://h/", "--queue", "q", "--exchange", "x"], "either --queue Q"),
+        (["--url", "amqp://h/"], "say where to publish: --queue Q"),
+        (["--url", "amqp://h/", "--queue", "q", "--header", "novalue"], "NAME=VALUE"),
+        (["--url", "amqp://h/", "--queue", "q", "--file", "/no/such/file"], "--file /no/such"),
+    ],
+)
+def test_publish_refuses_what_it_cannot_do_before_connecting(
+    args: list[str], error: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FOXWORK_URL", raising=False)
+
+    code = cli.main(["publish", *args])
+
+    assert code == 2
+    assert error in capsys.readouterr().err
+
+
 def test_demo_refuses_too_few_messages(capsys: pytest.CaptureFixture[str]):
     # When the demo is asked for fewer orders than its two failing ones
     code = cli.main(["demo", "--messages", "1"])

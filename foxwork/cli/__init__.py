@@ -1,11 +1,13 @@
-"""The `foxwork` command: `foxwork run` serves a pool, `foxwork demo` shows one at work.
+"""The `foxwork` command: `foxwork run` serves a pool, `foxwork demo` shows one at work,
+`foxwork dlq` handles dead letters and `foxwork publish` feeds a queue.
 
 The command line owns what a library must not: the signal handlers and the logging setup.
 A `WorkerPool` stays embeddable; here SIGINT and SIGTERM turn into `pool.shutdown()`.
 
 Exit codes:
     0: the pool stopped gracefully (or the demo finished).
-    1: an unexpected error (with its traceback).
+    1: an unexpected error (with its traceback); for `foxwork publish`, some message was
+       not confirmed (or a line was not JSON).
     2: a usage or configuration error, or the first connection to the broker failed.
     128 + N: a second signal N forced the exit (130 for SIGINT, 143 for SIGTERM).
 
@@ -38,6 +40,7 @@ from .common import (
     positive_int,
 )
 from .dlq import add_dlq_command
+from .publish import add_publish_command
 from .run import (
     EVENT_LOOPS,
     add_run_command,
@@ -113,6 +116,7 @@ COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     add_run_command,
     add_demo_command,
     add_dlq_command,
+    add_publish_command,
 )
 
 
