@@ -11,12 +11,6 @@ headers, so its consumer continues the trace.
 `publish_many()` keeps up to `max_in_flight` publishes waiting for their confirms at once
 and reports each message's outcome instead of raising.
 
-A publish to a missing exchange makes RabbitMQ close the channel it went on, failing every
-other publish in flight there. So the first publish of a `Publisher` to an exchange other
-than the default one goes alone (`_ExchangeGate`): the publishes in flight finish first, and
-others wait until it is answered; once one was confirmed, publishes to that exchange are
-pipelined like the rest.
-
 A handler publishes downstream with `Message.publish()`, which builds its messages here
 (`outbound`) with a message id derived from the inbound message.
 """
@@ -24,10 +18,9 @@ A handler publishes downstream with `Message.publish()`, which builds its messag
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -125,45 +118,6 @@ def outbound(item: OutboundMessage) -> tuple[bytes, MessageProperties]:
     return body, properties
 
 
-class _ExchangeGate:
-    """Publishes go through together, except the first one to an exchange not yet known to
-    exist, which goes alone (see the module docstring)."""
-
-    def __init__(self) -> None:
-        #: Exchanges a publish was confirmed on ("" is the default exchange).
-        self.known: set[str] = {""}
-        self._in_flight = 0
-        self._alone = asyncio.Lock()
-        self._open = asyncio.Event()
-        self._open.set()
-        self._drained: asyncio.Event | None = None
-
-    @contextlib.asynccontextmanager
-    async def passing(self, exchange: str) -> AsyncIterator[None]:
-        if exchange in self.known:
-            while not self._open.is_set():
-                await self._open.wait()
-            self._in_flight += 1
-            try:
-                yield
-            finally:
-                self._in_flight -= 1
-                if not self._in_flight and self._drained is not None:
-                    self._drained.set()
-            return
-        async with self._alone:
-            self._open.clear()
-            try:
-                while self._in_flight:
-                    self._drained = asyncio.Event()
-                    await self._drained.wait()
-                self._drained = None
-                yield
-                self.known.add(exchange)
-            finally:
-                self._open.set()
-
-
 class Publisher:
     """Publishes messages with confirms, over any connected backend.
 
@@ -182,7 +136,6 @@ class Publisher:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self._owns_backend = False
-        self._gate = _ExchangeGate()
 
     @classmethod
     async def connect(cls, url: str | list[str], **settings: Any) -> Publisher:
@@ -268,8 +221,7 @@ class Publisher:
 
     async def _send(self, item: OutboundMessage) -> str:
         body, properties = outbound(item)
-        async with self._gate.passing(item.exchange):
-            await self.backend.publish(item.routing_key, body, properties, exchange=item.exchange)
+        await self.backend.publish(item.routing_key, body, properties, exchange=item.exchange)
         assert properties.message_id is not None
         return properties.message_id
 

@@ -81,6 +81,9 @@ class RabbitMQBackend(Backend):
         self._url: str | None = None
         self._publishers = PublisherChannels(self._open_publisher_channel)
         self._refused_copies = RefusedCopies()
+        # Exchanges known to exist (see `_check_exchange`), and the check running.
+        self._exchanges: set[str] = set()
+        self._exchange_checks = asyncio.Lock()
         # Ids of messages this backend put back itself (nack with requeue), oldest first.
         self._handed_back: collections.OrderedDict[str, None] = collections.OrderedDict()
         # The topology channel is opened once, however many callers need it at once.
@@ -314,10 +317,43 @@ class RabbitMQBackend(Backend):
             pika_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             return await pika_channel.get_underlay_channel()
 
+    async def _check_exchange(self, exchange: str, where: str) -> None:
+        """Make sure `exchange` exists before the first publish to it.
+
+        A publish to a missing exchange makes RabbitMQ close the channel it went on, which
+        fails every other publish in flight there (and a publish racing that close can cost
+        the whole connection). So the first publish to an exchange asks for it first, with
+        a passive declare on a channel of its own; an exchange found is remembered.
+        """
+        if not exchange or exchange in self._exchanges:
+            return
+        async with self._exchange_checks:
+            if exchange in self._exchanges:
+                return
+            connection = self._require_connection()
+            async with mapped(f"checking {where}"):
+                channel = await connection.channel(publisher_confirms=False)
+            try:
+                raw = await channel.get_underlay_channel()
+                await raw.exchange_declare(exchange, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity as exc:
+                raise PublishNotConfirmed(
+                    f"publish to {where} failed: there is no exchange {exchange!r}"
+                ) from exc
+            except (*TRANSPORT_ERRORS, TimeoutError) as exc:
+                reason = str(exc) or type(exc).__name__
+                raise PublishNotConfirmed(f"publish to {where} not confirmed: {reason}") from exc
+            finally:
+                if not channel.is_closed:
+                    with contextlib.suppress(*TRANSPORT_ERRORS, TimeoutError):
+                        await channel.close()
+            self._exchanges.add(exchange)
+
     async def _publish(
         self, exchange: str, routing_key: str, body: bytes, properties: MessageProperties
     ) -> None:
         where = f"exchange {exchange!r} with routing key {routing_key!r}"
+        await self._check_exchange(exchange, where)
         try:
             # One publish per message id per channel: a basic.return is then charged to
             # exactly the publish it belongs to (see `publishing.py`).
@@ -333,6 +369,7 @@ class RabbitMQBackend(Backend):
         except aiormq.exceptions.PublishError as exc:
             raise PublishNotConfirmed(f"unroutable: no queue is bound for {where}") from exc
         except aiormq.exceptions.ChannelNotFoundEntity as exc:
+            self._exchanges.discard(exchange)  # deleted since it was checked
             raise PublishNotConfirmed(f"publish to {where} failed: {exc}") from exc
         except REFUSALS as exc:
             raise CopyRefused(f"the broker refused the publish to {where}: {exc}") from exc
