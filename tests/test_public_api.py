@@ -41,6 +41,9 @@ MODULE_ONLY = {
     "foxwork.backends.base.copy_properties": "properties of a republished copy, for backends",
     "foxwork.backends.base.retry_properties": "properties of a retry copy, for backends",
     "foxwork.backends.memory.StoredMessage": "what MemoryBackend inspection methods return",
+    # `foxwork.backends` must import without the optional `redis` extra installed.
+    "foxwork.backends.redis.RedisStreamsBackend": "needs foxwork[redis]; from its package",
+    "foxwork.backends.redis.RedisStreamsConfig": "needs foxwork[redis]; from its package",
 }
 
 #: Names a package re-exports from a core module of foxwork: defined in the core because the

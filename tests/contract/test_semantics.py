@@ -1,7 +1,8 @@
 """The behaviours every backend promises, written once and run on each of them.
 
-Each test runs on `MemoryBackend` and on `RabbitMQBackend` (the `backend` fixture), and
-looks at the queues only through `broker`, which reads them the same way on both.
+Each test runs on `MemoryBackend`, `RabbitMQBackend` and `RedisStreamsBackend` (the `backend`
+fixture), and looks at the queues only through `broker`, which reads them the same way on
+each (where Redis differs, conftest.py says how).
 """
 
 from __future__ import annotations

@@ -336,7 +336,10 @@ class RedisStreamsBackend(Backend):
                     build(pipe)
                     await pipe.execute()
                 return True
-            except (*CONNECTION_ERRORS, ConnectionLost) as exc:
+            except ConnectionLost as exc:
+                error = exc  # closed: no client to try again with
+                break
+            except CONNECTION_ERRORS as exc:
                 error = exc
                 if attempt < SETTLE_ATTEMPTS:
                     await asyncio.sleep(SETTLE_BACKOFF.delay(attempt))
