@@ -20,7 +20,14 @@ from typing import Any
 import pytest
 
 from foxwork import Message, MessageProperties, SettleState, Worker, WorkerPool, cli
-from foxwork.backends import MemoryBackend, ReconnectStrategy, ResilientBackend
+from foxwork.backends import (
+    Backend,
+    MemoryBackend,
+    RabbitMQBackend,
+    ReconnectStrategy,
+    ResilientBackend,
+)
+from foxwork.backends.redis import RedisStreamsBackend
 from foxwork.cli import demo as _demo
 from foxwork.cli import supervisor
 from foxwork.codec import JSON
@@ -400,6 +407,103 @@ def test_asking_for_uvloop_without_it_installed_is_a_clear_usage_error(
     err = capsys.readouterr().err
     assert err.startswith("foxwork run: error: --loop uvloop needs uvloop")
     assert "pip install" in err and err.count("\n") == 1
+
+
+# -- foxwork run: the backend the URL picks -----------------------------------------------
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[Backend]:
+    """`foxwork run` records the backend it would serve, and returns 0 instead of serving."""
+    backends: list[Backend] = []
+
+    async def serve(pool: WorkerPool, backend: Backend, **options: Any) -> int:
+        backends.append(backend)
+        return 0
+
+    monkeypatch.setattr("foxwork.cli.run.serve", serve)
+    monkeypatch.delenv(cli.ENV_URL, raising=False)
+    return backends
+
+
+@pytest.mark.parametrize("source", ["--url", "$FOXWORK_URL"])
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [
+        ("amqp://guest:guest@127.0.0.1:1/", RabbitMQBackend),
+        ("amqps://guest:guest@127.0.0.1:1/", RabbitMQBackend),
+        ("redis://127.0.0.1:1/0", RedisStreamsBackend),
+        ("rediss://:secret@127.0.0.1:1/0", RedisStreamsBackend),
+    ],
+)
+def test_run_picks_the_backend_by_the_url_scheme_and_makes_it_resilient(
+    url: str,
+    kind: type[Backend],
+    source: str,
+    served: list[Backend],
+    monkeypatch: pytest.MonkeyPatch,
+):
+    # Given a broker URL on the command line or in the environment
+    args = ["run", "tests.cli_app:pool", "--queue", "q1", "--queue", "q2"]
+    if source == "--url":
+        args += ["--url", url]
+    else:
+        monkeypatch.setenv(cli.ENV_URL, url)
+    # When foxwork run starts
+    assert cli.main(args) == 0
+    # Then it serves the backend of the URL's scheme, for every queue, reconnected forever
+    # and failing fast on the first connect
+    [backend] = served
+    assert isinstance(backend, ResilientBackend)
+    assert type(backend.backend) is kind
+    assert backend.backend.queues == ("q1", "q2")
+    assert backend.fail_fast
+
+
+def test_run_waits_for_a_redis_server_when_told(served: list[Backend]):
+    code = cli.main(
+        ["run", "tests.cli_app:pool", "--url", "redis://127.0.0.1:1/0", "--wait-for-broker"]
+    )
+    assert code == 0
+    [backend] = served
+    assert isinstance(backend, ResilientBackend)
+    assert isinstance(backend.backend, RedisStreamsBackend)
+    assert not backend.fail_fast
+
+
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        (f"http://app:{SECRET}@127.0.0.1:1/", "URL scheme 'http' is not supported"),
+        (f"kafka://app:{SECRET}@127.0.0.1:9092", "URL scheme 'kafka' is not supported"),
+        ("127.0.0.1:5672", "a URL without a scheme is not supported"),
+    ],
+)
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_run_refuses_an_unknown_url_scheme_in_one_line_naming_the_supported_ones(
+    url: str,
+    named: str,
+    processes: str,
+    served: list[Backend],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+):
+    async def supervise(child: list[str], processes: int, *, env: dict[str, str]) -> int:
+        raise AssertionError("no worker process may start with an unusable URL")
+
+    monkeypatch.setattr("foxwork.cli.supervisor.supervise", supervise)
+    # When foxwork run is given a URL of no backend it knows
+    code = cli.main(["run", "tests.cli_app:pool", "--url", url, "--processes", processes])
+    # Then it exits 2, before serving anything, with one line naming what it supports
+    assert code == 2
+    assert not served
+    err = capsys.readouterr().err
+    assert err.startswith("foxwork run: error: invalid broker settings for ")
+    assert err.count("\n") == 1
+    assert named in err
+    for scheme in ("amqp://", "amqps://", "redis://", "rediss://"):
+        assert scheme in err
+    assert SECRET not in err
 
 
 def test_processes_pass_the_event_loop_and_the_heap_choice_on_to_each_child(

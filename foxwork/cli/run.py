@@ -37,6 +37,7 @@ from .serve import serve
 
 __all__ = [
     "EVENT_LOOPS",
+    "URL_SCHEMES",
     "add_run_command",
     "load_pool",
     "loop_factory",
@@ -70,8 +71,9 @@ def add_run_command(subparsers: Subparsers) -> None:
     parser.add_argument(
         "--url",
         help=(
-            f"AMQP URL of the broker (default: ${ENV_URL}; with neither, the pool runs on the "
-            "in-memory backend)"
+            "URL of the broker: amqp:// or amqps:// for RabbitMQ, redis:// or rediss:// for "
+            f"Redis Streams (default: ${ENV_URL}; with neither, the pool runs on the in-memory "
+            "backend)"
         ),
     )
     parser.add_argument(
@@ -207,19 +209,56 @@ def load_pool(target: str) -> WorkerPool:
 
 
 def make_backend(url: str, queues: Sequence[str], *, wait_for_broker: bool) -> Backend:
-    """The backend `foxwork run --url` consumes from: RabbitMQ, reconnected forever once
-    connected.
+    """The backend `foxwork run --url` consumes from, picked by the URL's scheme (see
+    `URL_SCHEMES`), and reconnected forever once connected.
 
     Args:
-        url: the AMQP URL.
+        url: `amqp://` or `amqps://` for RabbitMQ, `redis://` or `rediss://` for Redis
+            Streams.
         queues: the queues to consume (the pool's `prefetch` sets the deliveries each
             one has checked out).
         wait_for_broker: the first connect keeps retrying instead of failing fast.
+
+    Raises:
+        ConfigurationError: the scheme is none of those, the settings are invalid, or the
+            Redis client is not installed.
     """
-    return ResilientBackend(
-        RabbitMQBackend(RabbitMQConsumerConfig(url=url, queue=list(queues))),
-        fail_fast=not wait_for_broker,
-    )
+    backend = _backend_of(url)(url, list(queues))
+    return ResilientBackend(backend, fail_fast=not wait_for_broker)
+
+
+def _backend_of(url: str) -> Callable[[str, list[str]], Backend]:
+    scheme, separator, _ = url.partition("://")
+    backend = URL_SCHEMES.get(scheme) if separator else None
+    if backend is None:
+        shown = f"URL scheme {scheme!r}" if separator else "a URL without a scheme"
+        raise ConfigurationError(f"{shown} is not supported: use {_SUPPORTED}")
+    return backend
+
+
+def _rabbitmq(url: str, queues: list[str]) -> Backend:
+    return RabbitMQBackend(RabbitMQConsumerConfig(url=url, queue=queues))
+
+
+def _redis_streams(url: str, queues: list[str]) -> Backend:
+    try:
+        # Imported on use: redis-py is an optional extra.
+        from ..backends.redis import RedisStreamsBackend, RedisStreamsConfig
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"redis:// needs redis-py, which is not installed ({exc}): pip install 'foxwork[redis]'"
+        ) from None
+    return RedisStreamsBackend(RedisStreamsConfig(url=url, queue=queues))
+
+
+#: The URL schemes `foxwork run --url` understands, and the backend each one picks.
+URL_SCHEMES: dict[str, Callable[[str, list[str]], Backend]] = {
+    "amqp": _rabbitmq,
+    "amqps": _rabbitmq,
+    "redis": _redis_streams,
+    "rediss": _redis_streams,
+}
+_SUPPORTED = "amqp:// or amqps:// (RabbitMQ), redis:// or rediss:// (Redis Streams)"
 
 
 def _install_metrics() -> Any:
@@ -341,6 +380,10 @@ def _supervise(args: argparse.Namespace) -> int:
             "--processes needs a broker (--url or $FOXWORK_URL): in-memory queues cannot be "
             "shared between processes"
         )
+    try:
+        _backend_of(url)  # an unknown scheme fails here, once, rather than in N children
+    except ConfigurationError as exc:
+        raise CommandLineError(f"invalid broker settings for {redact_url(url)}: {exc}") from None
     child = [
         "run",
         args.target,
