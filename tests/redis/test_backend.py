@@ -14,6 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 from foxwork import ConfigurationError, MessageProperties, PublishNotConfirmed, TopologyConflict
+from foxwork.backends import ReconnectStrategy, ResilientBackend
 from foxwork.backends.redis import RedisStreamsConfig
 from foxwork.backends.redis import entry as entries
 from foxwork.middleware import AckNackMiddleware, RetryMiddleware
@@ -478,3 +479,34 @@ async def test_after_flushall_the_group_is_created_again_with_a_loud_log_line(
     await backend.publish(queue_name, b"{}", MessageProperties(message_id="after"))
     await holder.wait_count(1)
     assert holder.messages[0].id == "after"
+
+
+# -- connections ---------------------------------------------------------------------------
+
+
+async def test_killed_connections_lose_nothing_under_a_resilient_backend(
+    make_backend: BackendFactory, redis: Redis, queue_name: str
+) -> None:
+    # Given a pool consuming through a ResilientBackend
+    inner = await make_backend()
+    backend = ResilientBackend(inner, strategy=ReconnectStrategy.Fixed(0.05))
+    worker = Recorder()
+    pool = WorkerPool(workers=[worker], middleware=[AckNackMiddleware()], queues=[queue_name])
+    await pool.start(backend)
+    await inner.publish(queue_name, b"{}", MessageProperties(message_id="before"))
+    await worker.wait_processed("before")
+
+    # When Redis kills every client connection but ours, three times, with a message each
+    keys = inner.config.keys(queue_name)
+    for n in range(3):
+        killed = await redis.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        assert killed >= 1
+        fields = entries.encode(b"{}", MessageProperties(message_id=f"after-{n}"))
+        await redis.xadd(keys.stream, fields)  # type: ignore[arg-type]
+        await worker.wait_processed(f"after-{n}")
+
+    # Then every message was processed and acked away
+    await pool.shutdown(timeout=5)
+    assert sorted(worker.processed) == ["after-0", "after-1", "after-2", "before"]
+    assert await _is_empty(redis, keys.stream)
+    await backend.close()

@@ -313,9 +313,9 @@ class RedisStreamsBackend(Backend):
 
     # -- settlement ----------------------------------------------------------------------
 
-    def _release(self, message: Message[Any]) -> _Delivery | None:
+    def _held(self, message: Message[Any]) -> _Delivery | None:
         delivery = message.raw
-        if not isinstance(delivery, _Delivery) or not delivery.state.release(delivery.entry_id):
+        if not isinstance(delivery, _Delivery) or delivery.entry_id not in delivery.state.in_flight:
             logger.info("message %s is not held by this backend; not settled", message.id)
             return None
         return delivery
@@ -327,25 +327,34 @@ class RedisStreamsBackend(Backend):
         pipe.xack(keys.stream, self.config.group, entry_id)
         pipe.xdel(keys.stream, entry_id)
 
-    async def _settle(self, what: str, build: Callable[[Pipeline], None]) -> bool:
-        """Run one MULTI, tried again with backoff; False (logged, counted) if it failed."""
+    async def _settle(
+        self, what: str, build: Callable[[Pipeline], None], held: _Delivery | None = None
+    ) -> bool:
+        """Run one MULTI, tried again with backoff; False (logged, counted) if it failed.
+
+        The entry `held` stays held by this process until then (so that this process does
+        not take it over as abandoned while a reconnect is under way), and is released
+        either way: when the settlement failed, it is delivered again.
+        """
         error: BaseException | None = None
-        for attempt in range(1, SETTLE_ATTEMPTS + 1):
-            try:
-                async with self.client.pipeline(transaction=True) as pipe:
-                    build(pipe)
-                    await pipe.execute()
-                return True
-            except ConnectionLost as exc:
-                error = exc  # closed: no client to try again with
-                break
-            except CONNECTION_ERRORS as exc:
-                error = exc
-                if attempt < SETTLE_ATTEMPTS:
-                    await asyncio.sleep(SETTLE_BACKOFF.delay(attempt))
-            except RedisError as exc:
-                error = exc
-                break
+        try:
+            for attempt in range(1, SETTLE_ATTEMPTS + 1):
+                try:
+                    # `self.client` raises ConnectionLost while a reconnect is under way.
+                    async with self.client.pipeline(transaction=True) as pipe:
+                        build(pipe)
+                        await pipe.execute()
+                    return True
+                except (*CONNECTION_ERRORS, ConnectionLost) as exc:
+                    error = exc
+                    if attempt < SETTLE_ATTEMPTS:
+                        await asyncio.sleep(SETTLE_BACKOFF.delay(attempt))
+                except RedisError as exc:
+                    error = exc
+                    break
+        finally:
+            if held is not None:
+                held.state.release(held.entry_id)
         self.settle_failures += 1
         logger.warning(
             "%s failed (%s: %s); the entry stays pending and is delivered again",
@@ -356,15 +365,17 @@ class RedisStreamsBackend(Backend):
         return False
 
     async def ack_message(self, message: Message[Any]) -> None:
-        delivery = self._release(message)
+        delivery = self._held(message)
         if delivery is not None:
             keys, entry_id = delivery.state.keys, delivery.entry_id
             await self._settle(
-                f"acking message {message.id}", lambda pipe: self._forget(pipe, keys, entry_id)
+                f"acking message {message.id}",
+                lambda pipe: self._forget(pipe, keys, entry_id),
+                delivery,
             )
 
     async def nack_message(self, message: Message[Any], *, requeue: bool) -> None:
-        delivery = self._release(message)
+        delivery = self._held(message)
         if delivery is None:
             return
         keys, entry_id = delivery.state.keys, delivery.entry_id
@@ -380,7 +391,7 @@ class RedisStreamsBackend(Backend):
             self._xadd(pipe, target, copy)
             self._forget(pipe, keys, entry_id)
 
-        await self._settle(f"nacking message {message.id}", put_back)
+        await self._settle(f"nacking message {message.id}", put_back, delivery)
 
     # -- publishing ----------------------------------------------------------------------
 
