@@ -272,6 +272,7 @@ async def test_a_dead_letter_carries_the_diagnostic_fields_and_the_original(
     await holder.wait_count(1)
 
     assert await holder.messages[0].dead_letter(ValueError("SKU A-1 is gone"))
+    assert await backend.flush(timeout=5)  # acks are coalesced: sent a moment later
 
     keys = backend.config.keys(queue_name)
     [dead] = await stream_entries(redis, keys.dead_letter)
@@ -300,6 +301,7 @@ async def test_a_reject_dead_letters_with_the_broker_style_reason(
     await holder.wait_count(1)
 
     await holder.messages[0].reject()
+    assert await backend.flush(timeout=5)
 
     keys = backend.config.keys(queue_name)
     [dead] = await stream_entries(redis, keys.dead_letter)

@@ -3,8 +3,11 @@
 Each queue is a stream read by one consumer group (keys: `RedisStreamsConfig`; entry
 fields: `foxwork.backends.redis.entry`). How each promise is kept:
 
-- Ack: XACK, then XDEL, in one MULTI: a settled entry leaves the stream, so the stream
-  holds only what is waiting or in flight (and `max_len` trims only those). A failed
+- Ack: XACK, then XDEL, in one MULTI, coalesced: the acks made meanwhile go together in
+  the next MULTI, sent by a task of the backend (`flush()` waits for it). A settled entry
+  leaves the stream, so the stream holds only what is waiting or in flight (and `max_len`
+  trims only those). An entry stays held (never taken over by this process) until its
+  settlement went through. A failed
   settlement is tried again with backoff and, when it still fails, logged and counted
   (`settle_failures`), never raised: the entry stays pending and is delivered again.
 - Nack with requeue: a copy of the entry, marked `redelivered`, is added at the end of the
@@ -34,12 +37,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, ResponseError
 
@@ -66,6 +70,8 @@ logger = logging.getLogger("foxwork.backends.redis")
 
 #: Tries of one settlement (XACK, or a MULTI with it) before it is counted as failed.
 SETTLE_ATTEMPTS = 4
+#: Seconds `close()` waits for the acks handed over so far.
+CLOSE_FLUSH_TIMEOUT = 5.0
 #: Waits between those tries.
 SETTLE_BACKOFF = Backoff(initial=0.05, max=1.0, multiplier=4.0, jitter=0.1)
 
@@ -130,6 +136,8 @@ class RedisStreamsBackend(Backend):
         self._states: dict[str, QueueState] = {}
         self._consumers: list[RedisConsumer] = []
         self._movers: dict[str, RetryMover] = {}
+        self._acks: list[_Delivery] = []
+        self._ack_task: asyncio.Task[None] | None = None
         #: Settlements that failed after every try (the entry is delivered again).
         self.settle_failures = 0
 
@@ -155,11 +163,16 @@ class RedisStreamsBackend(Backend):
         await self._drop_client()
         errors = []
         for url in self.config.urls:
-            client = Redis.from_url(
+            # A blocking pool: past max_connections a command waits for a free connection
+            # (up to connect_timeout) instead of failing with "Too many connections".
+            pool = BlockingConnectionPool.from_url(
                 url,
+                max_connections=self.config.max_connections,
+                timeout=self.config.connect_timeout,
                 socket_connect_timeout=self.config.connect_timeout,
                 health_check_interval=self.config.health_check_interval,
             )
+            client = Redis.from_pool(pool)
             try:
                 async with asyncio.timeout(self.config.connect_timeout):
                     await client.ping()
@@ -184,6 +197,7 @@ class RedisStreamsBackend(Backend):
         for mover in self._movers.values():
             await mover.stop()
         self._movers.clear()
+        await self.flush(CLOSE_FLUSH_TIMEOUT)
         self._connected = False
         await self._drop_client()
 
@@ -327,14 +341,12 @@ class RedisStreamsBackend(Backend):
         pipe.xack(keys.stream, self.config.group, entry_id)
         pipe.xdel(keys.stream, entry_id)
 
-    async def _settle(
-        self, what: str, build: Callable[[Pipeline], None], held: _Delivery | None = None
-    ) -> bool:
+    async def _settle(self, what: str, build: Callable[[Pipeline], None], *held: _Delivery) -> bool:
         """Run one MULTI, tried again with backoff; False (logged, counted) if it failed.
 
-        The entry `held` stays held by this process until then (so that this process does
-        not take it over as abandoned while a reconnect is under way), and is released
-        either way: when the settlement failed, it is delivered again.
+        The entries `held` stay held by this process until then (so that this process does
+        not take them over as abandoned while a reconnect is under way), and are released
+        either way: when the settlement failed, they are delivered again.
         """
         error: BaseException | None = None
         try:
@@ -353,8 +365,8 @@ class RedisStreamsBackend(Backend):
                     error = exc
                     break
         finally:
-            if held is not None:
-                held.state.release(held.entry_id)
+            for delivery in held:
+                delivery.state.release(delivery.entry_id)
         self.settle_failures += 1
         logger.warning(
             "%s failed (%s: %s); the entry stays pending and is delivered again",
@@ -365,14 +377,35 @@ class RedisStreamsBackend(Backend):
         return False
 
     async def ack_message(self, message: Message[Any]) -> None:
+        # Coalesced: acks made in the same loop turns go in one MULTI (XACK and XDEL of all
+        # their ids); `flush()` waits for them.
         delivery = self._held(message)
-        if delivery is not None:
-            keys, entry_id = delivery.state.keys, delivery.entry_id
-            await self._settle(
-                f"acking message {message.id}",
-                lambda pipe: self._forget(pipe, keys, entry_id),
-                delivery,
-            )
+        if delivery is None:
+            return
+        self._acks.append(delivery)
+        if self._ack_task is None or self._ack_task.done():
+            self._ack_task = asyncio.create_task(self._send_acks(), name="foxwork-redis-acks")
+
+    async def _send_acks(self) -> None:
+        while self._acks:
+            batch, self._acks = self._acks, []
+            by_queue: dict[StreamKeys, list[bytes]] = {}
+            for delivery in batch:
+                by_queue.setdefault(delivery.state.keys, []).append(delivery.entry_id)
+            forget_all = functools.partial(self._forget_all, by_queue)
+            await self._settle(f"acking {len(batch)} message(s)", forget_all, *batch)
+
+    def _forget_all(self, by_queue: dict[StreamKeys, list[bytes]], pipe: Pipeline) -> None:
+        for keys, ids in by_queue.items():
+            pipe.xack(keys.stream, self.config.group, *ids)
+            pipe.xdel(keys.stream, *ids)
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        task = self._ack_task
+        if task is None or task.done():
+            return True
+        await asyncio.wait([task], timeout=timeout)
+        return task.done()
 
     async def nack_message(self, message: Message[Any], *, requeue: bool) -> None:
         delivery = self._held(message)

@@ -39,6 +39,9 @@ DEFAULT_DELIVERY_LIMIT = 10
 DEFAULT_CONNECT_TIMEOUT = 10.0
 #: Seconds between the client's PINGs on an idle connection.
 DEFAULT_HEALTH_CHECK_INTERVAL = 15.0
+#: Connections to Redis at most: each consumer's blocking read holds one, settlements and
+#: publishes share the rest (waiting for a free one rather than failing).
+DEFAULT_MAX_CONNECTIONS = 64
 
 
 def default_consumer_name() -> str:
@@ -79,6 +82,9 @@ class RedisStreamsConfig(BaseModel):
             what can be in flight.
         connect_timeout: seconds one connect attempt may take.
         health_check_interval: seconds between PINGs of an idle connection (0 disables).
+        max_connections: connections to Redis at most; a command waits (up to
+            `connect_timeout`) for a free one. Give each consumed queue one, plus room for
+            the settlements of the pool's concurrency.
         max_body_size: bodies larger than this (bytes) are dead-lettered unread.
 
     The prefetch (unsettled entries per queue) is not a setting here: the pool asks for it
@@ -102,6 +108,7 @@ class RedisStreamsConfig(BaseModel):
     max_len: Annotated[int, Field(ge=1)] | None = None
     connect_timeout: Annotated[float, Field(gt=0)] = DEFAULT_CONNECT_TIMEOUT
     health_check_interval: Annotated[float, Field(ge=0)] = DEFAULT_HEALTH_CHECK_INTERVAL
+    max_connections: Annotated[int, Field(ge=2)] = DEFAULT_MAX_CONNECTIONS
     max_body_size: Annotated[int, Field(ge=1)] = wire.DEFAULT_MAX_BODY_SIZE
 
     def __init__(self, **data: Any) -> None:
