@@ -38,8 +38,10 @@ __all__ = [
     "RedisRun",
     "StreamProbe",
     "numbered_ids",
+    "numbered_properties",
     "publish_numbered",
     "report",
+    "wait_until",
 ]
 
 #: Short reads, so that a stop or a lost connection is noticed within a tenth of a second.
@@ -101,11 +103,13 @@ class StreamProbe:
         )
         return len(rows)
 
-    async def delete(self) -> None:
+    async def __aenter__(self) -> StreamProbe:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Delete the queue's keys and close the client."""
         with contextlib.suppress(Exception):
             await self.client.delete(self.keys.stream, self.keys.retry, self.keys.dead_letter)
-
-    async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.client.aclose()
 
@@ -128,7 +132,7 @@ class RedisRun:
         url: str,
         queue: str,
         workers: list[Worker[Any]],
-        concurrency: int = 20,
+        concurrency: int = 10,
         **backend_options: Any,
     ) -> None:
         self.queue = queue

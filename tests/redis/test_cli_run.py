@@ -23,10 +23,8 @@ START_TIMEOUT = 20.0
 @pytest.fixture
 async def probe(redis_url: str, queue_name: str) -> AsyncIterator[StreamProbe]:
     """The test queue's keys; deleted at teardown."""
-    stream_probe = StreamProbe(redis_url, queue_name)
-    yield stream_probe
-    await stream_probe.delete()
-    await stream_probe.close()
+    async with StreamProbe(redis_url, queue_name) as stream_probe:
+        yield stream_probe
 
 
 def recorder(url: str, queue: str, tmp_path: Path, *options: str) -> FoxworkProcess:
