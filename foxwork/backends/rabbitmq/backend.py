@@ -19,13 +19,11 @@ import struct
 from collections.abc import Awaitable
 from typing import Any
 
-import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.abc import AbstractChannel as RawChannel
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
-from yarl import URL
 
 from ... import wire
 from ..._redact import redact_url
@@ -36,6 +34,7 @@ from ..base import Backend, Consumer, Intake, copy_properties, retry_properties
 from ._io import TRANSPORT_ERRORS, mapped, settle_on
 from .acks import AckCoalescer
 from .config import QueueType, RabbitMQConsumerConfig, UrlOrder
+from .connection import connect_first
 from .consumer import ConsumerHost, RabbitConsumer, tag_of
 from .convert import connection_user, copyable_user_id, to_amqp_properties, to_message
 from .publishing import (
@@ -139,30 +138,19 @@ class RabbitMQBackend(Backend):
         await self._restorer.stop()
         await self._stop_retiring()
         self._acks.clear()
-        errors: list[str] = []
-        for url in self._ordered_urls():
-            try:
-                connection = await aio_pika.connect(
-                    URL(url).update_query(heartbeat=self.config.heartbeat),
-                    timeout=self.config.connect_timeout,
-                    ssl_context=self.config.ssl_context,
-                    client_properties={"connection_name": self.config.connection_name or "foxwork"},
-                )
-            except (*TRANSPORT_ERRORS, TimeoutError) as exc:
-                reason = str(exc) or type(exc).__name__
-                errors.append(f"{redact_url(url)}: {type(exc).__name__}: {reason}")
-                continue
-            self._connection = connection
-            self._url = url
-            self._publishers.forget()
-            self._topology_channel = None
-            self.topology.forget()
-            connection.close_callbacks.add(self._on_connection_closed)
-            logger.info("connected to %s", redact_url(url))
-            return
-        raise ConnectionLost(
-            "cannot connect to RabbitMQ: " + "; ".join(redact_url(e) for e in errors)
+        connection, url = await connect_first(
+            self._ordered_urls(),
+            self.config,
+            connection_name=self.config.connection_name or "foxwork",
+            failure="cannot connect to RabbitMQ: ",
         )
+        self._connection = connection
+        self._url = url
+        self._publishers.forget()
+        self._topology_channel = None
+        self.topology.forget()
+        connection.close_callbacks.add(self._on_connection_closed)
+        logger.info("connected to %s", redact_url(url))
 
     def _on_connection_closed(self, sender: Any, exc: BaseException | None = None) -> None:
         if self._closing or sender is not self._connection:

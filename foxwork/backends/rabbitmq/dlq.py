@@ -26,7 +26,6 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection
 from types import TracebackType
 
-import aio_pika
 import aiormq
 from aio_pika.abc import (
     AbstractChannel,
@@ -35,13 +34,13 @@ from aio_pika.abc import (
     AbstractQueue,
 )
 from aiolimiter import AsyncLimiter
-from yarl import URL
 
-from ..._redact import redact, redact_url
+from ..._redact import redact_url
 from ...deadletter import DeadLetterInfo, describe
 from ...errors import ConfigurationError, ConnectionLost
 from ._io import TRANSPORT_ERRORS, mapped
 from .config import RabbitMQConsumerConfig
+from .connection import connect_first
 from .convert import connection_user
 from .replay import Replay, ReplayResult
 
@@ -129,21 +128,12 @@ class DeadLetterQueue:
         """
         if self._connection is not None:
             return
-        errors: list[str] = []
-        for url in self._config.urls:
-            try:
-                self._connection = await aio_pika.connect(
-                    URL(url).update_query(heartbeat=self._config.heartbeat),
-                    timeout=self._config.connect_timeout,
-                    ssl_context=self._config.ssl_context,
-                    client_properties={"connection_name": self._config.connection_name},
-                )
-            except (*TRANSPORT_ERRORS, TimeoutError) as exc:
-                errors.append(f"{redact_url(url)}: {type(exc).__name__}: {redact(str(exc))}")
-                continue
-            self._url = url
-            return
-        raise ConnectionLost("cannot connect to " + "; ".join(errors))
+        self._connection, self._url = await connect_first(
+            self._config.urls,
+            self._config,
+            connection_name=self._config.connection_name or self.name,
+            failure="cannot connect to ",
+        )
 
     async def close(self) -> None:
         connection, self._connection = self._connection, None
