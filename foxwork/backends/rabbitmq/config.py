@@ -11,7 +11,6 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -19,7 +18,7 @@ from yarl import URL
 
 from ... import wire
 from ..._redact import redact_url
-from ...errors import ConfigurationError
+from .._config import BrokerConfig
 
 __all__ = ["QueueNames", "QueueType", "RabbitMQConsumerConfig", "UrlOrder"]
 
@@ -77,7 +76,7 @@ class QueueNames(BaseModel):
         return wire.retry_queue_name(self.queue, delay_ms, prefix=self.retry_queue_prefix)
 
 
-class RabbitMQConsumerConfig(BaseModel):
+class RabbitMQConsumerConfig(BrokerConfig):
     """Connection and topology settings of a `RabbitMQBackend`.
 
     Args:
@@ -135,11 +134,8 @@ class RabbitMQConsumerConfig(BaseModel):
     max_body_size: Annotated[int, Field(ge=1)] = wire.DEFAULT_MAX_BODY_SIZE
     connection_name: str | None = None
 
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            raise ConfigurationError(_explain(exc)) from None
+    def __init__(self, **data: Any) -> None:  # keyword arguments, validated by the base
+        super().__init__(**data)
 
     @model_validator(mode="before")
     @classmethod
@@ -227,16 +223,6 @@ class RabbitMQConsumerConfig(BaseModel):
 
     # -- derived -----------------------------------------------------------------------
 
-    @property
-    def urls(self) -> list[str]:
-        """The broker URLs, secrets included: for connecting only, never for output."""
-        urls = self.url if isinstance(self.url, list) else [self.url]
-        return [u.get_secret_value() for u in urls]
-
-    @property
-    def queues(self) -> tuple[str, ...]:
-        return (self.queue,) if isinstance(self.queue, str) else tuple(self.queue)
-
     def names(self, queue: str) -> QueueNames:
         """The topology names of `queue`, overrides applied."""
         return QueueNames(
@@ -245,25 +231,3 @@ class RabbitMQConsumerConfig(BaseModel):
             retry_queue_prefix=self.retry_queue_prefix or wire.retry_queue_prefix(queue),
             dead_letter_queue=self.dead_letter_queue or wire.dead_letter_queue_name(queue),
         )
-
-    def __repr_args__(self) -> Any:
-        for key, value in super().__repr_args__():
-            if key == "url":
-                yield key, [redact_url(u) for u in self.urls]
-            else:
-                yield key, value
-
-
-def _explain(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors(include_url=False):
-        field = ".".join(str(p) for p in err["loc"]) or "config"
-        value = err.get("input")
-        message = err["msg"].removeprefix("Value error, ")
-        if not err["loc"]:
-            lines.append(message)  # a whole-model check: its input holds the URL, not shown
-        elif field.startswith("url"):
-            lines.append(f"url: {message}")
-        else:
-            lines.append(f"{field}={value!r}: {message}")
-    return "invalid RabbitMQConsumerConfig: " + "; ".join(lines)

@@ -14,11 +14,11 @@ import os
 import socket
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from ... import wire
 from ..._redact import redact_url
-from ...errors import ConfigurationError
+from .._config import BrokerConfig
 
 __all__ = ["RedisStreamsConfig", "StreamKeys", "default_consumer_name"]
 
@@ -60,7 +60,7 @@ class StreamKeys(BaseModel):
     dead_letter: str
 
 
-class RedisStreamsConfig(BaseModel):
+class RedisStreamsConfig(BrokerConfig):
     """Connection and stream settings of a `RedisStreamsBackend`.
 
     Args:
@@ -111,11 +111,8 @@ class RedisStreamsConfig(BaseModel):
     max_connections: Annotated[int, Field(ge=2)] = DEFAULT_MAX_CONNECTIONS
     max_body_size: Annotated[int, Field(ge=1)] = wire.DEFAULT_MAX_BODY_SIZE
 
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            raise ConfigurationError(_explain(exc)) from None
+    def __init__(self, **data: Any) -> None:  # keyword arguments, validated by the base
+        super().__init__(**data)
 
     @field_validator("url")
     @classmethod
@@ -157,38 +154,9 @@ class RedisStreamsConfig(BaseModel):
 
     # -- derived -----------------------------------------------------------------------
 
-    @property
-    def urls(self) -> list[str]:
-        """The URLs, secrets included: for connecting only, never for output."""
-        urls = self.url if isinstance(self.url, list) else [self.url]
-        return [u.get_secret_value() for u in urls]
-
-    @property
-    def queues(self) -> tuple[str, ...]:
-        return (self.queue,) if isinstance(self.queue, str) else tuple(self.queue)
-
     def keys(self, queue: str) -> StreamKeys:
         """The keys of `queue`."""
         stream = f"{self.key_prefix}:{{{queue}}}"
         return StreamKeys(
             queue=queue, stream=stream, retry=f"{stream}:retry", dead_letter=f"{stream}:dlq"
         )
-
-    def __repr_args__(self) -> Any:
-        for key, value in super().__repr_args__():
-            if key == "url":
-                yield key, [redact_url(u) for u in self.urls]
-            else:
-                yield key, value
-
-
-def _explain(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors(include_url=False):
-        field = ".".join(str(p) for p in err["loc"]) or "config"
-        message = err["msg"].removeprefix("Value error, ")
-        if field.startswith("url"):
-            lines.append(f"url: {message}")  # the input is the URL: never shown
-        else:
-            lines.append(f"{field}={err.get('input')!r}: {message}")
-    return "invalid RedisStreamsConfig: " + "; ".join(lines)
