@@ -1,0 +1,377 @@
+"""The spool on disk (`foxwork.spool`): order, torn records, the read position as a lower
+bound, the PID lock, the bound on its size, group commit and its metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from foxwork import MessageProperties
+from foxwork.spool import (
+    Spool,
+    SpoolConfig,
+    SpooledMessage,
+    SpoolFull,
+    SpoolLocked,
+    _files,
+    _metrics,
+    read_status,
+    store,
+)
+from foxwork.spool._records import encode_message, frame
+
+SpoolFactory = Callable[..., Awaitable[Spool]]
+
+
+def message(number: int, *, body: bytes | None = None) -> SpooledMessage:
+    return SpooledMessage(
+        exchange="",
+        routing_key="orders",
+        body=body if body is not None else f"order {number}".encode(),
+        properties=MessageProperties(
+            message_id=f"id-{number}", content_type="text/plain", headers={"n": number}
+        ),
+        spooled_at=time.time(),
+    )
+
+
+@pytest.fixture
+async def open_spool(tmp_path: Path) -> AsyncIterator[SpoolFactory]:
+    """Opens spools in tmp_path/spool (settings as keywords); closes them at teardown."""
+    opened: list[Spool] = []
+
+    async def factory(**settings: object) -> Spool:
+        spool = await Spool.open(SpoolConfig(directory=tmp_path / "spool", **settings))  # type: ignore[arg-type]
+        opened.append(spool)
+        return spool
+
+    yield factory
+    for spool in opened:
+        await spool.close()
+
+
+async def take(spool: Spool, count: int) -> list[str | None]:
+    """Read and ack `count` messages; their ids."""
+    ids = []
+    for _ in range(count):
+        ids.append((await spool.next()).properties.message_id)
+        await spool.ack()
+    return ids
+
+
+async def test_messages_come_out_in_the_order_they_were_appended(
+    open_spool: SpoolFactory,
+) -> None:
+    spool = await open_spool()
+    for number in range(50):
+        await spool.append(message(number))
+
+    assert spool.depth == 50
+    assert await take(spool, 50) == [f"id-{n}" for n in range(50)]
+    assert spool.depth == 0
+    assert spool.size == 0
+
+
+async def test_a_message_comes_back_with_every_property_and_header(
+    open_spool: SpoolFactory,
+) -> None:
+    sent = SpooledMessage(
+        exchange="shop",
+        routing_key="orders.new",
+        body=b"\x00\xff binary",
+        properties=MessageProperties(
+            content_type="application/octet-stream",
+            priority=7,
+            expiration="5000",
+            correlation_id="c-1",
+            message_id="m-1",
+            timestamp=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+            delivery_mode=1,
+            headers={
+                "raw": b"\x01\x02",
+                "when": datetime(2026, 1, 1, tzinfo=UTC),
+                "amount": Decimal("1.50"),
+                "nested": {"$bytes": "not a tag", "list": [1, "two", b"3"]},
+                "plain": {"a": 1},
+            },
+        ),
+        spooled_at=123.5,
+    )
+    spool = await open_spool()
+    await spool.append(sent)
+
+    assert await spool.next() == sent
+
+
+async def test_segments_roll_over_and_are_deleted_once_drained(
+    open_spool: SpoolFactory, tmp_path: Path
+) -> None:
+    spool = await open_spool(segment_bytes=300)
+    for number in range(20):
+        await spool.append(message(number))
+    assert len(_files.segments(tmp_path / "spool")) > 3
+
+    assert await take(spool, 20) == [f"id-{n}" for n in range(20)]
+    await spool.sync_position()
+
+    assert _files.segments(tmp_path / "spool") == []
+    await spool.append(message(20))
+    assert await take(spool, 1) == ["id-20"]
+
+
+async def test_what_was_not_acked_is_there_after_a_reopen(open_spool: SpoolFactory) -> None:
+    spool = await open_spool(segment_bytes=300)
+    for number in range(10):
+        await spool.append(message(number))
+    await take(spool, 4)
+    await spool.close()
+
+    reopened = await open_spool()
+
+    assert reopened.depth == 6
+    assert await take(reopened, 6) == [f"id-{n}" for n in range(4, 10)]
+
+
+@pytest.mark.parametrize("damage", ["truncated mid-record", "garbage appended"])
+async def test_a_torn_last_record_is_cut_off_on_open(
+    open_spool: SpoolFactory, tmp_path: Path, damage: str
+) -> None:
+    # Given a spool whose last record was being written when the process died
+    spool = await open_spool()
+    for number in range(2):
+        await spool.append(message(number))
+    [index] = _files.segments(tmp_path / "spool")
+    path = _files.segment_path(tmp_path / "spool", index)
+    two_records = path.stat().st_size
+    await spool.append(message(2))
+    await spool.close()
+    intact = path.stat().st_size
+    with path.open("r+b") as file:
+        if damage == "truncated mid-record":
+            file.truncate(intact - 5)
+        else:
+            file.seek(0, os.SEEK_END)
+            file.write(b"FX\x01\x00\x00\x00\x00\x10garbage")
+
+    # When it is opened again
+    reopened = await open_spool()
+
+    # Then the torn record is gone, the intact ones are there, and appends go on after them
+    expected = 2 if damage == "truncated mid-record" else 3
+    assert reopened.depth == expected
+    assert path.stat().st_size == (intact if expected == 3 else two_records)
+    await reopened.append(message(9))
+    ids = await take(reopened, expected + 1)
+    assert ids == [f"id-{n}" for n in range(expected)] + ["id-9"]
+
+
+async def test_a_record_whose_crc_does_not_match_is_not_replayed(
+    open_spool: SpoolFactory, tmp_path: Path
+) -> None:
+    spool = await open_spool()
+    await spool.append(message(0))
+    await spool.append(message(1, body=b"x" * 100))
+    await spool.close()
+    [index] = _files.segments(tmp_path / "spool")
+    path = _files.segment_path(tmp_path / "spool", index)
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF  # flip bits in the last record's body
+    path.write_bytes(bytes(data))
+
+    reopened = await open_spool()
+
+    assert reopened.depth == 1
+    assert await take(reopened, 1) == ["id-0"]
+
+
+async def test_the_read_position_is_a_lower_bound_after_a_crash(
+    open_spool: SpoolFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given messages appended, and the first two confirmed and acked
+    spool = await open_spool()
+    for number in range(4):
+        await spool.append(message(number))
+    await take(spool, 2)
+    await spool.sync_position()
+    # ...and a third confirmed, but the process dies before its position is written
+    monkeypatch.setattr(_files, "write_position", lambda directory, position: None)
+    assert (await spool.next()).properties.message_id == "id-2"
+    await spool.ack()
+    await spool.sync_position()
+    # The crash: nothing more is written; the lock file stays, its flock goes with the process.
+    spool._closed = True
+    spool._lock.release()
+    (tmp_path / "spool" / "lock").write_text("999999999\n")
+    monkeypatch.undo()
+
+    # When the spool is opened again
+    reopened = await open_spool()
+
+    # Then the third message comes again, with the same id, and none is skipped
+    assert await take(reopened, 2) == ["id-2", "id-3"]
+
+
+async def test_a_lock_file_of_a_live_process_is_refused_and_of_a_dead_one_taken_over(
+    open_spool: SpoolFactory, tmp_path: Path
+) -> None:
+    directory = tmp_path / "spool"
+    directory.mkdir()
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import time; time.sleep(60)"
+    )
+    try:
+        (directory / "lock").write_text(f"{child.pid}\n")
+
+        with pytest.raises(SpoolLocked, match=f"process {child.pid}") as refused:
+            await open_spool()
+        assert refused.value.pid == child.pid
+    finally:
+        child.kill()
+        await child.wait()  # reaped: the PID names no process now
+
+    spool = await open_spool()
+
+    assert (directory / "lock").read_text().strip() == str(os.getpid())
+    assert read_status(directory).owner_pid == os.getpid()
+    await spool.close()
+    assert not (directory / "lock").exists()
+
+
+async def test_a_spool_open_in_this_process_cannot_be_opened_twice(
+    open_spool: SpoolFactory,
+) -> None:
+    await open_spool()
+
+    with pytest.raises(SpoolLocked, match=f"process {os.getpid()}"):
+        await open_spool()
+
+
+async def test_a_full_spool_refuses_with_what_to_change(open_spool: SpoolFactory) -> None:
+    spool = await open_spool(max_bytes=400)
+    with pytest.raises(SpoolFull) as full:
+        for number in range(100):
+            await spool.append(message(number))
+
+    assert "max_bytes=400" in str(full.value)
+    assert "block_when_full=True" in str(full.value)
+    assert 0 < spool.size <= 400
+    await take(spool, 1)
+    await spool.append(message(100))  # room again
+
+
+async def test_a_message_larger_than_the_bound_is_refused_at_once(
+    open_spool: SpoolFactory,
+) -> None:
+    spool = await open_spool(max_bytes=100, block_when_full=True)
+
+    with pytest.raises(SpoolFull, match=r"does not fit .* at all: raise SpoolConfig\(max_bytes"):
+        await spool.append(message(0, body=b"x" * 200))
+
+
+async def test_a_full_spool_can_wait_for_room_instead(open_spool: SpoolFactory) -> None:
+    record = len(frame(encode_message(message(0))))
+    spool = await open_spool(max_bytes=2 * record + 5, block_when_full=True)
+    await spool.append(message(0))
+    await spool.append(message(1))
+    blocked = asyncio.create_task(spool.append(message(2)))
+    await asyncio.sleep(0.05)
+    assert not blocked.done()
+
+    await take(spool, 1)
+    await asyncio.wait_for(blocked, 5)
+
+    assert await take(spool, 2) == ["id-1", "id-2"]
+
+
+async def test_concurrent_appends_share_fsyncs(
+    open_spool: SpoolFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = await open_spool()
+    await spool.append(message(0))  # the segment file exists: only record fsyncs below
+    fsyncs = 0
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        nonlocal fsyncs
+        fsyncs += 1
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+
+    await asyncio.gather(*(spool.append(message(n)) for n in range(1, 101)))
+
+    assert spool.depth == 101
+    assert 1 <= fsyncs < 10, f"{fsyncs} fsyncs for 100 concurrent appends"
+
+
+async def test_a_failed_write_leaves_nothing_behind(
+    open_spool: SpoolFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = await open_spool()
+    await spool.append(message(0))
+
+    def full_disk(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        await spool.append(message(1))
+    monkeypatch.undo()
+
+    await spool.append(message(2))
+    assert spool.depth == 2
+    assert await take(spool, 2) == ["id-0", "id-2"]
+
+
+async def test_status_counts_what_waits_without_opening_the_spool(
+    open_spool: SpoolFactory, tmp_path: Path
+) -> None:
+    spool = await open_spool(segment_bytes=300)
+    for number in range(7):
+        await spool.append(message(number))
+    await take(spool, 2)
+    await spool.sync_position()
+
+    status = read_status(tmp_path / "spool")
+
+    assert (status.depth, status.bytes) == (5, spool.size)
+    assert status.segments == len(_files.segments(tmp_path / "spool"))
+    assert status.oldest_age is not None and 0 <= status.oldest_age < 60
+    assert status.owner_pid == os.getpid() and status.owner_alive
+
+
+async def test_depth_and_bytes_are_reported_as_metrics(open_spool: SpoolFactory) -> None:
+    spool = await open_spool()
+    await spool.append(message(0))
+    await spool.append(message(1))
+
+    def observed(field: str) -> int:
+        [value] = [
+            o.value
+            for o in _metrics._observe(field)(None)  # type: ignore[arg-type]
+            if o.attributes == {"spool": str(spool.directory)}
+        ]
+        return int(value)
+
+    assert observed("depth") == 2
+    assert observed("size") == spool.size > 0
+    await spool.close()
+    assert not [
+        o
+        for o in _metrics._observe("depth")(None)  # type: ignore[arg-type]
+        if o.attributes == {"spool": str(spool.directory)}
+    ]
+
+
+def test_a_spool_config_refuses_nonsense() -> None:
+    with pytest.raises(ValueError, match="max_bytes=0"):
+        SpoolConfig(directory="x", max_bytes=0)
+    assert SpoolConfig(directory="x").max_bytes == store.DEFAULT_MAX_BYTES
