@@ -2,7 +2,14 @@
 
 from .base import Backend, Consumer, Intake
 from .memory import MemoryBackend
-from .rabbitmq import QueueType, RabbitMQBackend, RabbitMQConsumerConfig, UrlOrder
+from .rabbitmq import (
+    QueueSettings,
+    QueueType,
+    RabbitMQBackend,
+    RabbitMQConsumerConfig,
+    TopologyMode,
+    UrlOrder,
+)
 from .resilient import ConnectionState, ReconnectStrategy, ResilientBackend
 
 __all__ = [
@@ -11,10 +18,12 @@ __all__ = [
     "Consumer",
     "Intake",
     "MemoryBackend",
+    "QueueSettings",
     "QueueType",
     "RabbitMQBackend",
     "RabbitMQConsumerConfig",
     "ReconnectStrategy",
     "ResilientBackend",
+    "TopologyMode",
     "UrlOrder",
 ]

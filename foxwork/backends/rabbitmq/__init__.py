@@ -1,6 +1,13 @@
 """The RabbitMQ backend, on aio-pika."""
 
 from .backend import RabbitMQBackend
-from .config import QueueType, RabbitMQConsumerConfig, UrlOrder
+from .config import QueueSettings, QueueType, RabbitMQConsumerConfig, TopologyMode, UrlOrder
 
-__all__ = ["QueueType", "RabbitMQBackend", "RabbitMQConsumerConfig", "UrlOrder"]
+__all__ = [
+    "QueueSettings",
+    "QueueType",
+    "RabbitMQBackend",
+    "RabbitMQConsumerConfig",
+    "TopologyMode",
+    "UrlOrder",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import ssl
 from typing import Annotated, Any
@@ -11,6 +12,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -18,9 +20,18 @@ from yarl import URL
 
 from ... import wire
 from ..._redact import redact_url
-from .._config import BrokerConfig
+from ...errors import ConfigurationError
+from .._config import BrokerConfig, _explain
 
-__all__ = ["QueueNames", "QueueType", "RabbitMQConsumerConfig", "UrlOrder"]
+__all__ = [
+    "QueueNames",
+    "QueueSettings",
+    "QueueType",
+    "RabbitMQConsumerConfig",
+    "ResolvedQueueSettings",
+    "TopologyMode",
+    "UrlOrder",
+]
 
 #: AMQP heartbeat in seconds: a dead (blackholed) connection is noticed after about
 #: (heartbeat + 1) * 3 seconds.
@@ -50,6 +61,83 @@ class QueueType(enum.StrEnum):
     QUORUM = "quorum"
     """A replicated quorum queue: survives the loss of a minority of cluster nodes, and
     dead-letters crash-looping messages after `delivery_limit` deliveries."""
+
+
+class TopologyMode(enum.StrEnum):
+    """What foxwork does with a queue's main queue when it starts consuming it."""
+
+    DECLARE = "declare"
+    """Declare the queue with foxwork's arguments (type, dead-lettering to `Q-dlq`, delivery
+    limit) and its bindings. An existing queue declared with other arguments is refused."""
+    PASSIVE = "passive"
+    """Attach to a queue that must exist already (declared by another application, with
+    arguments of its own); a missing queue is refused at start-up. foxwork never declares
+    or binds it, and never relies on its dead-letter exchange: what it dead-letters goes to
+    `Q-dlq` as a confirmed copy. `Q-dlq`, the retry exchange and the retry queues are
+    declared as usual."""
+
+
+def _check_exchange_type(value: str | None) -> str | None:
+    if value is not None and value not in ("direct", "topic", "fanout", "headers"):
+        raise ValueError(f"{value!r} is not an exchange type: use direct, topic, fanout or headers")
+    return value
+
+
+class QueueSettings(BaseModel):
+    """Settings of one queue that differ from the backend-wide ones
+    (`RabbitMQConsumerConfig.queue_settings`). A field left None takes the backend-wide
+    value: a queue cannot turn off an exchange or delivery limit set backend-wide, so give
+    those to the queues that use them instead.
+
+    Example:
+        RabbitMQConsumerConfig(
+            url=URL,
+            queue=["orders", "events", "legacy"],
+            queue_settings={
+                "orders": QueueSettings(queue_type=QueueType.QUORUM),
+                "events": QueueSettings(exchange="events", binding_keys=["order.*"]),
+                "legacy": QueueSettings(topology=TopologyMode.PASSIVE),
+            },
+        )
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    queue_type: QueueType | None = None
+    exchange: str | None = None
+    exchange_type: str | None = None
+    binding_keys: list[str] | None = None
+    delivery_limit: Annotated[int, Field(ge=1)] | None = None
+    topology: TopologyMode | None = None
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigurationError(_explain(type(self).__name__, exc)) from None
+
+    @field_validator("exchange_type")
+    @classmethod
+    def _check_exchange_type(cls, value: str | None) -> str | None:
+        return _check_exchange_type(value)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ResolvedQueueSettings:
+    """The settings one queue is declared and consumed with: its `QueueSettings`, the
+    backend-wide value wherever it gives none (`RabbitMQConsumerConfig.settings_for`)."""
+
+    queue_type: QueueType
+    exchange: str | None
+    exchange_type: str
+    #: Routing keys binding the queue to `exchange` (the queue name when none was given).
+    binding_keys: tuple[str, ...]
+    delivery_limit: int | None
+    topology: TopologyMode
+
+    @property
+    def passive(self) -> bool:
+        return self.topology is TopologyMode.PASSIVE
 
 
 class UrlOrder(enum.StrEnum):
@@ -104,6 +192,11 @@ class RabbitMQConsumerConfig(BrokerConfig):
         ssl_context: TLS settings for `amqps://` URLs (default: system CA store).
         max_body_size: bodies larger than this (bytes) are dead-lettered unread.
         connection_name: shown by `rabbitmqctl list_connections` and the management UI.
+        topology: declare the queue(s) (default), or attach passively to queues that
+            must exist (`TopologyMode`).
+        queue_settings: per queue, the settings that differ from the ones above
+            (`QueueSettings`: queue type, exchange and bindings, delivery limit, topology);
+            keys are queues of `queue`.
 
     The prefetch (unsettled deliveries per queue) is not a setting here: the pool asks for
     it when it consumes, `WorkerPool(prefetch=...)`.
@@ -133,6 +226,8 @@ class RabbitMQConsumerConfig(BrokerConfig):
     ssl_context: ssl.SSLContext | None = None
     max_body_size: Annotated[int, Field(ge=1)] = wire.DEFAULT_MAX_BODY_SIZE
     connection_name: str | None = None
+    topology: TopologyMode = TopologyMode.DECLARE
+    queue_settings: dict[str, QueueSettings] = Field(default_factory=dict)
 
     def __init__(self, **data: Any) -> None:  # keyword arguments, validated by the base
         super().__init__(**data)
@@ -202,10 +297,7 @@ class RabbitMQConsumerConfig(BrokerConfig):
     @field_validator("exchange_type")
     @classmethod
     def _check_exchange_type(cls, value: str) -> str:
-        if value not in ("direct", "topic", "fanout", "headers"):
-            raise ValueError(
-                f"{value!r} is not an exchange type: use direct, topic, fanout or headers"
-            )
+        _check_exchange_type(value)
         return value
 
     @model_validator(mode="after")
@@ -219,9 +311,50 @@ class RabbitMQConsumerConfig(BrokerConfig):
             )
         if self.binding_keys and self.exchange is None:
             raise ValueError("binding_keys need an exchange: set exchange='...' as well")
+        unknown = sorted(self.queue_settings.keys() - set(self.queues))
+        if unknown:
+            raise ValueError(
+                f"queue_settings name {', '.join(map(repr, unknown))}, which "
+                f"{'is' if len(unknown) == 1 else 'are'} not among the queues "
+                f"{list(self.queues)}: add {'it' if len(unknown) == 1 else 'them'} to queue, "
+                "or fix the name"
+            )
+        for queue in self.queues:
+            own = self.queue_settings.get(queue)
+            resolved = self.settings_for(queue)
+            if own is not None and own.binding_keys and resolved.exchange is None:
+                raise ValueError(
+                    f"queue_settings[{queue!r}]: binding_keys need an exchange: set "
+                    "exchange='...' as well"
+                )
+            if resolved.passive and resolved.exchange is not None:
+                raise ValueError(
+                    f"queue {queue!r} is passive (topology='passive'): foxwork neither "
+                    f"declares nor binds it, so it cannot bind it to exchange "
+                    f"{resolved.exchange!r}; bind it where it is declared, and give the "
+                    "exchange and binding_keys only to the queues foxwork declares "
+                    "(queue_settings), or use topology='declare'"
+                )
         return self
 
     # -- derived -----------------------------------------------------------------------
+
+    def settings_for(self, queue: str) -> ResolvedQueueSettings:
+        """The settings `queue` is declared and consumed with: its `queue_settings`, the
+        backend-wide value wherever those give none (a queue not in `queue`: the
+        backend-wide values)."""
+        own = self.queue_settings.get(queue) or QueueSettings()
+        binding_keys = self.binding_keys if own.binding_keys is None else own.binding_keys
+        return ResolvedQueueSettings(
+            queue_type=self.queue_type if own.queue_type is None else own.queue_type,
+            exchange=self.exchange if own.exchange is None else own.exchange,
+            exchange_type=self.exchange_type if own.exchange_type is None else own.exchange_type,
+            binding_keys=tuple(binding_keys or [queue]),
+            delivery_limit=(
+                self.delivery_limit if own.delivery_limit is None else own.delivery_limit
+            ),
+            topology=self.topology if own.topology is None else own.topology,
+        )
 
     def names(self, queue: str) -> QueueNames:
         """The topology names of `queue`, overrides applied."""
