@@ -18,7 +18,8 @@ from .errors import (
 )
 from .message import Message, MessageProperties, SettleState
 from .pool import PoolState, ShutdownReport, WorkerPool
-from .publisher import OutboundMessage, Publisher, PublishOutcome
+from .publisher import OutboundMessage, Publisher, PublishOutcome, PublishReceipt
+from .spool import SpoolConfig, SpoolFull, SpoolLocked
 from .strategies import LoadBalancingStrategy
 from .telemetry import names as _telemetry_names
 from .worker import Worker
@@ -45,10 +46,14 @@ __all__ = [
     "ProcessingTimeout",
     "PublishNotConfirmed",
     "PublishOutcome",
+    "PublishReceipt",
     "Publisher",
     "RetryLater",
     "SettleState",
     "ShutdownReport",
+    "SpoolConfig",
+    "SpoolFull",
+    "SpoolLocked",
     "TopologyConflict",
     "Worker",
     "WorkerError",

@@ -137,6 +137,7 @@ class Spool:
         self._oldest_segment = 0
         self._readable = asyncio.Event()
         self._room = asyncio.Event()
+        self._acked = asyncio.Event()
         self._stop_metrics: Callable[[], None] = lambda: None
         self._closed = False
 
@@ -400,6 +401,7 @@ class Spool:
         self._depth -= 1
         self._bytes -= size
         self._room.set()
+        self._acked.set()
         if not self.busy and self._write_offset:
             # Drained: the next append begins a new segment, and this one can go.
             await self._roll()
@@ -433,6 +435,12 @@ class Spool:
             _files.remove_segment(self.directory, self._oldest_segment)
             self._ends.pop(self._oldest_segment, None)
             self._oldest_segment += 1
+
+    async def wait_empty(self) -> None:
+        """Return once every message appended so far was acked."""
+        while self.busy:
+            self._acked.clear()
+            await self._acked.wait()
 
     async def sync_position(self) -> None:
         """Return once the read position of every ack so far is on disk."""

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from foxwork import MessageProperties
+from foxwork import MessageProperties, OutboundMessage, Publisher, PublishNotConfirmed
+from foxwork.backends import MemoryBackend
 from foxwork.spool import (
     Spool,
     SpoolConfig,
@@ -375,3 +376,103 @@ def test_a_spool_config_refuses_nonsense() -> None:
     with pytest.raises(ValueError, match="max_bytes=0"):
         SpoolConfig(directory="x", max_bytes=0)
     assert SpoolConfig(directory="x").max_bytes == store.DEFAULT_MAX_BYTES
+
+
+# -- Publisher with a spool, on the in-memory backend ---------------------------------
+
+
+@pytest.fixture
+async def memory(queue_name: str) -> MemoryBackend:
+    backend = MemoryBackend(queues=[queue_name])
+    await backend.connect()
+    return backend
+
+
+async def test_a_publisher_spools_while_the_broker_is_down_and_drains_in_order_after(
+    memory: MemoryBackend, queue_name: str, tmp_path: Path
+) -> None:
+    # Given a publisher with a spool, and a broker that went away
+    async with Publisher(memory, spool=SpoolConfig(directory=tmp_path)) as publisher:
+        await memory.close()
+
+        # When messages are published
+        receipts = [await publisher.publish(n, routing_key=queue_name) for n in range(20)]
+
+        # Then each is spooled, on disk before publish() returned
+        assert all(receipt.spooled for receipt in receipts)
+        assert read_status(tmp_path).depth == 20
+
+        # And once the broker is back, they reach it in order, and the spool empties
+        await memory.connect()
+        await asyncio.wait_for(publisher.flush_spool(), 10)
+    stored = memory.messages(queue_name)
+    assert [m.properties.message_id for m in stored] == receipts
+    assert [m.body for m in stored] == [str(n).encode() for n in range(20)]
+    assert read_status(tmp_path).depth == 0
+
+
+async def test_a_publish_goes_behind_what_the_spool_holds(
+    memory: MemoryBackend, queue_name: str, tmp_path: Path
+) -> None:
+    async with Publisher(memory, spool=SpoolConfig(directory=tmp_path)) as publisher:
+        await memory.close()
+        first = await publisher.publish("first", routing_key=queue_name)
+        await memory.connect()
+
+        second = await publisher.publish("second", routing_key=queue_name)
+        await asyncio.wait_for(publisher.flush_spool(), 10)
+
+        third = await publisher.publish("third", routing_key=queue_name)
+
+    # While the spool held "first", "second" was spooled behind it; "third" went direct.
+    assert (first.spooled, second.spooled, third.spooled) == (True, True, False)
+    assert [m.body for m in memory.messages(queue_name)] == [b"first", b"second", b"third"]
+
+
+async def test_an_unroutable_message_is_refused_not_spooled(
+    memory: MemoryBackend, tmp_path: Path
+) -> None:
+    async with Publisher(memory, spool=SpoolConfig(directory=tmp_path)) as publisher:
+        with pytest.raises(PublishNotConfirmed, match="unroutable"):
+            await publisher.publish("x", routing_key="no-such-queue")
+
+        assert publisher.spool is not None and publisher.spool.depth == 0
+
+
+async def test_publish_many_reports_which_messages_were_spooled(
+    memory: MemoryBackend, queue_name: str, tmp_path: Path
+) -> None:
+    async with Publisher(memory, spool=SpoolConfig(directory=tmp_path)) as publisher:
+        await memory.close()
+        outcomes = await publisher.publish_many(OutboundMessage(n, queue_name) for n in range(10))
+
+        assert all(o.spooled and o.error is None and not o.confirmed for o in outcomes)
+        await memory.connect()
+        await asyncio.wait_for(publisher.flush_spool(), 10)
+    assert len(memory.messages(queue_name)) == 10
+
+
+async def test_what_a_closed_publisher_did_not_drain_is_sent_by_the_next_one(
+    memory: MemoryBackend, queue_name: str, tmp_path: Path
+) -> None:
+    config = SpoolConfig(directory=tmp_path)
+    async with Publisher(memory, spool=config) as publisher:
+        await memory.close()
+        ids = [await publisher.publish(n, routing_key=queue_name) for n in range(5)]
+    assert read_status(tmp_path).depth == 5
+    assert read_status(tmp_path).owner_pid is None
+    await memory.connect()
+
+    async with Publisher(memory, spool=config) as publisher:
+        await asyncio.wait_for(publisher.flush_spool(), 10)
+
+    assert [m.properties.message_id for m in memory.messages(queue_name)] == ids
+
+
+async def test_without_a_spool_publish_still_returns_the_message_id(
+    memory: MemoryBackend, queue_name: str
+) -> None:
+    receipt = await Publisher(memory).publish("x", routing_key=queue_name, message_id="m-1")
+
+    assert receipt == "m-1" and isinstance(receipt, str)
+    assert receipt.message_id == "m-1" and not receipt.spooled and receipt.confirmed
