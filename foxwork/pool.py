@@ -33,6 +33,20 @@ DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 SETTLEMENT_FLUSH_TIMEOUT = 5.0
 
 
+def standard_middleware() -> tuple[Middleware, ...]:
+    """The chain of a pool built without `middleware=`: `AckNackMiddleware` (outermost:
+    every delivery is settled), `MetricsMiddleware` (inside it, so a `Drop` is not counted
+    as processed; outside the retry layer, so it counts retries and dead letters) and
+    `RetryMiddleware`, with their defaults. New instances on every call: layers hold state
+    (metrics series, crash counts), so pools never share them by default."""
+    # Imported here: the core does not depend on the middleware package at import time.
+    from .middleware.ack import AckNackMiddleware
+    from .middleware.metrics import MetricsMiddleware
+    from .middleware.retry import RetryMiddleware
+
+    return (AckNackMiddleware(), MetricsMiddleware(), RetryMiddleware())
+
+
 class PoolState(enum.Enum):
     """The pool's lifecycle: CREATED → RUNNING → DRAINING → STOPPED."""
 
@@ -73,7 +87,11 @@ class WorkerPool:
 
     Args:
         workers: the workers; at least one.
-        middleware: the onion, outermost first (usually `AckNackMiddleware` first).
+        middleware: the onion, outermost first (usually `AckNackMiddleware` first). Left
+            out (None): the standard chain, `AckNackMiddleware` → `MetricsMiddleware` →
+            `RetryMiddleware` with their defaults, new instances for each pool. `[]`: no
+            middleware at all (a bare pool: successes are acked, failures settled by
+            `on_unsettled_failure`).
         strategy: how a message's worker is chosen.
         concurrency_limit: messages processed at once across all workers.
         queues: the queues `run()` consumes; when empty, the backend's configured queues.
@@ -100,7 +118,7 @@ class WorkerPool:
         self,
         *,
         workers: Sequence[Worker[Any]],
-        middleware: Sequence[Middleware] = (),
+        middleware: Sequence[Middleware] | None = None,
         strategy: LoadBalancingStrategy = LoadBalancingStrategy.ROUND_ROBIN,
         concurrency_limit: int = DEFAULT_CONCURRENCY_LIMIT,
         queues: Sequence[str] = (),
@@ -153,7 +171,9 @@ class WorkerPool:
         check_policy(on_unsettled_failure, owner="WorkerPool", setting="on_unsettled_failure")
         self.name = name
         self.workers: tuple[Worker[Any], ...] = tuple(workers)
-        self.middleware: tuple[Middleware, ...] = tuple(middleware)
+        self.middleware: tuple[Middleware, ...] = (
+            standard_middleware() if middleware is None else tuple(middleware)
+        )
         self.strategy = strategy
         self.concurrency_limit = concurrency_limit
         self.queues: tuple[str, ...] = tuple(queues)

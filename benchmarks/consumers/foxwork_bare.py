@@ -29,6 +29,8 @@ async def start(args: argparse.Namespace) -> Stop:
     backend = RabbitMQBackend(url=args.url, queue=args.queue)
     pool = WorkerPool(
         workers=[DecodeWorker()],
+        # Bare: no layer at all (without `middleware=` a pool gets the standard chain).
+        middleware=[],
         concurrency_limit=args.prefetch,
         prefetch=args.prefetch,
         queues=[args.queue],

@@ -70,7 +70,8 @@ def test_the_builder_and_the_constructor_build_pools_with_equal_settings() -> No
 def test_builder_defaults_equal_constructor_defaults() -> None:
     worker = RecordingWorker()
     built = WorkerPoolBuilder().add_worker(worker).build()
-    assert settings(built) == settings(WorkerPool(workers=[worker]))
+    # A builder given no layer passes an empty list: a bare pool, like `middleware=[]`.
+    assert settings(built) == settings(WorkerPool(workers=[worker], middleware=[]))
 
 
 @pytest.mark.parametrize(

@@ -274,7 +274,7 @@ async def test_without_middleware_a_success_is_acked_by_the_pool(
 ) -> None:
     # Given
     worker = RecordingWorker()
-    pool = make_pool(worker)
+    pool = make_pool(worker, middleware=[])
     await memory_backend.add_message(queue_name, "hi")
 
     # When
@@ -299,7 +299,7 @@ async def test_without_middleware_a_failure_is_settled_by_the_pool_policy_with_a
     in_queue: int,
 ) -> None:
     # Given a failing worker and no middleware
-    pool = make_pool(LoggingWorker([], fail=True), on_unsettled_failure=policy)
+    pool = make_pool(LoggingWorker([], fail=True), middleware=[], on_unsettled_failure=policy)
     await memory_backend.add_message(queue_name, "hi")
 
     # When
