@@ -50,6 +50,7 @@ from .run import (
     run_on_loop,
 )
 from .serve import serve
+from .spool import add_spool_command
 
 __all__ = [
     "COMMANDS",
@@ -117,6 +118,7 @@ COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     add_demo_command,
     add_dlq_command,
     add_publish_command,
+    add_spool_command,
 )
 
 
