@@ -1,7 +1,9 @@
 """A publisher with a spool across a broker SIGKILL and restart: the publishes made while
 the broker is down are spooled (on disk before publish() returns), and once it is back
-they are drained in order, behind nothing and ahead of what is published after; every
-message whose publish() returned is in the queue at least once."""
+they are drained in order, ahead of what is published after; every message whose
+publish() returned is in the queue at least once. And across a blackholed connection: a
+publish whose confirm does not come within the publish timeout is spooled, and drained
+once the connection flows again."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from foxwork.spool import read_status
 from tests.harness.rabbitmq import RabbitMQNode
 
 from .conftest import FAST_RECONNECT, QueueProbe, in_thread, publish_numbered
+from .proxy import TcpProxy
 
 #: Publishes the producer makes at most (a bound on the test, not a target).
 MAX_PUBLISHES = 3_000
@@ -111,3 +114,58 @@ async def test_publishes_while_the_broker_is_down_are_spooled_then_drained_in_or
     assert not missing
     assert first_seen == sorted(first_seen), "delivered out of order"
     assert set(first_seen) == set(receipts)
+
+
+@pytest.mark.timeout(120)
+async def test_a_publish_whose_confirm_times_out_is_spooled_and_drained_once_it_flows(
+    rabbitmq_node: RabbitMQNode, fault_queue: str, probe: QueueProbe, proxy: TcpProxy,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    # Given a publisher with a 1 s publish timeout, through a proxy, publishing directly
+    await publish_numbered(rabbitmq_node.url, fault_queue, [])  # declares the queue
+    backend = ResilientBackend(
+        RabbitMQBackend(
+            url=proxy.url_for(rabbitmq_node.url),
+            queue=[],
+            publish_timeout=1.0,
+            connection_name="spool-blackhole",
+        ),
+        strategy=FAST_RECONNECT,
+    )
+    await backend.connect()
+    publisher = Publisher(backend, spool=SpoolConfig(directory=tmp_path))
+    ids = [f"b{number:03d}" for number in range(10)]
+    try:
+        first = await publisher.publish("0", routing_key=fault_queue, message_id=ids[0])
+
+        # When the connection is blackholed (no confirm comes), and more is published
+        proxy.blackhole()
+        loop = asyncio.get_running_loop()
+        before = loop.time()
+        timed_out = await publisher.publish("1", routing_key=fault_queue, message_id=ids[1])
+        waited = loop.time() - before
+        behind = [
+            await publisher.publish(str(n), routing_key=fault_queue, message_id=ids[n])
+            for n in range(2, 10)
+        ]
+
+        # Then the one that timed out is spooled after the timeout, those behind it at once
+        assert not first.spooled
+        assert timed_out.spooled and 0.9 <= waited < 10, waited
+        assert all(receipt.spooled for receipt in behind)
+
+        # And once the connection flows again, the spool drains, in order
+        proxy.heal()
+        await asyncio.wait_for(publisher.flush_spool(), PHASE_TIMEOUT)
+    finally:
+        proxy.heal()
+        await publisher.close()
+        await backend.close()
+    received = [str(m.message_id) for m in await probe.get_all(fault_queue)]
+    counts = collections.Counter(received)
+    print(
+        f"\n[faults] spool across a blackhole: confirm timed out after {waited:.2f} s, "
+        f"{len(received)} delivered of {len(ids)}, "
+        f"{sum(c - 1 for c in counts.values())} duplicate(s)"
+    )
+    assert list(dict.fromkeys(received)) == ids
