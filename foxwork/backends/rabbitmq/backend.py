@@ -44,7 +44,7 @@ from .publishing import (
     PublisherChannels,
     RefusedCopies,
 )
-from .topology import Topology
+from .topology import Topology, vhost_of
 
 __all__ = ["RabbitMQBackend"]
 
@@ -85,6 +85,8 @@ class RabbitMQBackend(Backend):
         self._exchange_checks = asyncio.Lock()
         # Ids of messages this backend put back itself (nack with requeue), oldest first.
         self._handed_back: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # Why a message of a passive queue is about to be rejected (see `_dead_letter_rejected`).
+        self._rejections: dict[str, BaseException] = {}
         # The topology channel is opened once, however many callers need it at once.
         self._channel_opening = asyncio.Lock()
         self._topology_channel: AbstractChannel | None = None
@@ -218,7 +220,7 @@ class RabbitMQBackend(Backend):
         raw = await self._raw_topology_channel()
         try:
             async with mapped(f"declaring the topology of {queue!r}"):
-                await self.topology.declare(raw, queue)
+                await self.topology.declare(raw, queue, vhost=vhost_of(self._url or ""))
         except TopologyConflict:
             self._topology_channel = None  # the broker closed it
             raise
@@ -229,7 +231,7 @@ class RabbitMQBackend(Backend):
             queue,
             intake,
             prefetch,
-            isolate_suspects=self.config.queue_type is QueueType.QUORUM,
+            isolate_suspects=self.config.settings_for(queue).queue_type is QueueType.QUORUM,
         )
         consumer.on_gone = lambda _: self._restore(consumer)
         await consumer.start()
@@ -393,10 +395,18 @@ class RabbitMQBackend(Backend):
             count, pause = self._refused_copies.refused(message.id)
             if isinstance(exc, CopyRefused) and count >= REFUSED_COPY_LIMIT:
                 exc.requeue = False
-                exc.args = (
-                    f"{exc}; refused {count} times: rejected, for the dead-letter exchange "
-                    f"of {message.queue!r}",
-                )
+                if self.config.settings_for(message.queue).passive:
+                    exc.args = (
+                        f"{exc}; refused {count} times: rejected, and dead-lettered by a copy "
+                        f"to {self.config.names(message.queue).dead_letter_queue!r} "
+                        f"({message.queue!r} is attached passively)",
+                    )
+                    self._remember_rejection(message, exc)
+                else:
+                    exc.args = (
+                        f"{exc}; refused {count} times: rejected, for the dead-letter "
+                        f"exchange of {message.queue!r}",
+                    )
                 raise
             await asyncio.sleep(pause)
             raise
@@ -493,7 +503,58 @@ class RabbitMQBackend(Backend):
         except TRANSPORT_ERRORS as exc:
             self._settle_failed(message, "ack", exc)
 
+    def _remember_rejection(self, message: Message[Any], reason: BaseException) -> None:
+        self._rejections[message.id] = reason
+        if len(self._rejections) > HANDED_BACK_MEMORY:
+            del self._rejections[next(iter(self._rejections))]
+
+    async def _dead_letter_rejected(self, message: Message[Any]) -> None:
+        """Reject a message of a passive queue: by a confirmed copy to `Q-dlq`, then an ack.
+
+        The queue was declared by someone else: it may have no dead-letter exchange (the
+        broker would drop the message) or one that leads elsewhere. So a rejection does what
+        foxwork's own queues do with it, dead-lettering to `Q-dlq`, by a copy with the
+        diagnostic headers. A copy that is not confirmed sends the message back to its queue
+        after a pause that grows with each refusal: it is never dropped.
+        """
+        reason: BaseException | str = self._rejections.pop(message.id, None) or (
+            f"rejected (nack without requeue); {message.queue!r} is attached passively, so "
+            "foxwork dead-letters it itself instead of relying on the queue's dead-letter "
+            "exchange"
+        )
+        headers = wire.dead_letter_headers(
+            message.headers,
+            routing_key=message.routing_key,
+            exchange=message.exchange,
+            queue=message.queue,
+            reason=reason,
+            final_attempt=message.attempt,
+        )
+        dead_letter_queue = self.config.names(message.queue).dead_letter_queue
+        properties = self._publishable(copy_properties(message, headers))
+        try:
+            await self._publish("", dead_letter_queue, message.body, properties)
+        except PublishNotConfirmed as exc:
+            logger.warning(
+                "message %s of passive queue %r goes back to its queue, not dropped: its "
+                "dead-letter copy to %r was not confirmed: %s",
+                message.id,
+                message.queue,
+                dead_letter_queue,
+                exc,
+            )
+            if self.is_connected:
+                _, pause = self._refused_copies.refused(message.id)
+                await asyncio.sleep(pause)
+            await self.nack_message(message, requeue=True)
+            return
+        self._refused_copies.confirmed(message.id)
+        await self.ack_message(message)
+
     async def nack_message(self, message: Message[Any], *, requeue: bool) -> None:
+        if not requeue and self.config.settings_for(message.queue).passive:
+            await self._dead_letter_rejected(message)
+            return
         try:
             await self._nack(message.raw.channel, message.delivery_tag, requeue=requeue)
         except TRANSPORT_ERRORS as exc:

@@ -10,22 +10,35 @@
                                               Q-dlq  ◄── broker dead-letters (rejects,
                                                          quorum delivery limit), with x-death
 ```
+
+A queue attached passively (`TopologyMode.PASSIVE`) must exist: it is only checked, never
+declared or bound, and its own dead-letter settings are not relied on (the backend
+dead-letters what it would reject by a confirmed copy to `Q-dlq`). `Q-dlq`, the retry
+exchange and the retry queues are declared as usual.
+
+`Topology.plan(queue)` lists what `declare` does, one `Declaration` per object, in order;
+`foxwork topology plan` prints it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import re
+import shlex
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import aiormq
 from aiormq.abc import AbstractChannel
+from yarl import URL
 
 from ...errors import TopologyConflict
 from .config import QueueNames, QueueType, RabbitMQConsumerConfig
 
-__all__ = ["Topology"]
+__all__ = ["Declaration", "Topology", "missing_queue", "policy_command", "vhost_of"]
 
 #: Retry queues delete themselves after this long unused (ms) on top of their TTL, so
 #: delay tiers that are no longer used do not pile up.
@@ -39,7 +52,15 @@ _INEQUIVALENT = re.compile(
 )
 
 
-def _conflict(exc: aiormq.exceptions.ChannelPreconditionFailed, what: str) -> TopologyConflict:
+def vhost_of(url: str) -> str:
+    """The virtual host an AMQP URL names ("/" when it names none)."""
+    path = URL(url).path
+    return path[1:] if len(path) > 1 else "/"
+
+
+def _conflict(
+    exc: aiormq.exceptions.ChannelPreconditionFailed, what: str, *, main: bool = False
+) -> TopologyConflict:
     text = str(exc.args[0] if exc.args else exc)
     match = _INEQUIVALENT.search(text)
     if match is None:
@@ -60,10 +81,85 @@ def _conflict(exc: aiormq.exceptions.ChannelPreconditionFailed, what: str) -> To
             f"(dead letters go to its '-dlq' queue); delete it (after moving its messages), "
             "or point foxwork at a new queue"
         )
+    if main:
+        fix += (
+            f"; or attach to it as it is, with topology='passive' (`foxwork topology plan "
+            f"--queue {name} --topology passive` shows what foxwork then declares, and the "
+            "rabbitmqctl set_policy that gives it dead-lettering without deleting it)"
+        )
     return TopologyConflict(
         f"{kind} '{name}' already exists with {arg} = {match['current'].strip()}, but foxwork "
         f"declares it with {arg} = {match['received'].strip()}: {fix}"
     )
+
+
+def missing_queue(queue: str, vhost: str) -> TopologyConflict:
+    """The error of a passive queue that does not exist."""
+    return TopologyConflict(
+        f"queue {queue!r} does not exist in vhost {vhost!r}, and foxwork attaches to it "
+        "passively (topology='passive'), never creating it: check the name, create the "
+        "queue first (or start the application that declares it), or use "
+        "topology='declare' to let foxwork declare it"
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Declaration:
+    """One object of a queue's topology, as foxwork declares it.
+
+    Attributes:
+        kind: "queue", "exchange" or "binding".
+        name: the queue or exchange (a binding: its queue).
+        arguments: a queue's arguments.
+        exchange_type: an exchange's type.
+        exchange: a binding's exchange.
+        routing_key: a binding's routing key.
+        passive: the object must exist and is only checked, never declared.
+        main: the queue consumed (not its dead-letter queue).
+    """
+
+    kind: Literal["queue", "exchange", "binding"]
+    name: str
+    arguments: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    exchange_type: str | None = None
+    exchange: str | None = None
+    routing_key: str | None = None
+    passive: bool = False
+    main: bool = False
+
+    def describe(self) -> str:
+        """One line saying what this is."""
+        if self.kind == "binding":
+            return (
+                f"binding  exchange {self.exchange!r} -> queue {self.name!r}, "
+                f"routing key {self.routing_key!r}"
+            )
+        if self.kind == "exchange":
+            return f"exchange {self.name!r} ({self.exchange_type}, durable)"
+        if self.passive:
+            return f"queue    {self.name!r} (must exist: attached passively, never declared)"
+        arguments = json.dumps(dict(self.arguments), sort_keys=True)
+        return f"queue    {self.name!r} (durable, arguments {arguments})"
+
+
+def policy_command(queue: str, arguments: Mapping[str, Any], vhost: str) -> str:
+    """The `rabbitmqctl set_policy` command that gives an existing `queue` the dead-letter
+    settings (and delivery limit) of foxwork's main queue `arguments`, as policy keys."""
+    definition = {
+        key.removeprefix("x-"): value for key, value in arguments.items() if key != "x-queue-type"
+    }
+    argv = [
+        "rabbitmqctl",
+        "set_policy",
+        "-p",
+        vhost,
+        f"foxwork-{queue}",
+        f"^{re.escape(queue)}$",
+        json.dumps(definition, sort_keys=True, separators=(",", ":")),
+        "--apply-to",
+        "queues",
+    ]
+    return shlex.join(argv)
 
 
 class Topology:
@@ -83,36 +179,79 @@ class Topology:
             for key in [k for k in self._tiers if k[0] == queue]:
                 del self._tiers[key]
 
-    def _type_arguments(self) -> dict[str, Any]:
-        return {"x-queue-type": self.config.queue_type.value}
+    def _type_arguments(self, queue: str) -> dict[str, Any]:
+        return {"x-queue-type": self.config.settings_for(queue).queue_type.value}
 
     def main_queue_arguments(self, names: QueueNames) -> dict[str, Any]:
         """Arguments of the main queue: its type, and broker-side dead-lettering to `Q-dlq`
         (rejected messages; on quorum queues also the delivery limit)."""
-        args = self._type_arguments()
+        settings = self.config.settings_for(names.queue)
+        args = self._type_arguments(names.queue)
         args["x-dead-letter-exchange"] = ""
         args["x-dead-letter-routing-key"] = names.dead_letter_queue
-        if self.config.queue_type is QueueType.QUORUM and self.config.delivery_limit is not None:
-            args["x-delivery-limit"] = self.config.delivery_limit
+        if settings.queue_type is QueueType.QUORUM and settings.delivery_limit is not None:
+            args["x-delivery-limit"] = settings.delivery_limit
             # At-least-once dead-lettering needs reject-publish; without it the broker
             # silently falls back to at-most-once.
             args["x-dead-letter-strategy"] = "at-least-once"
             args["x-overflow"] = "reject-publish"
         return args
 
-    async def declare(self, channel: AbstractChannel, queue: str) -> QueueNames:
-        """Declare main queue, bindings, retry exchange and DLQ of `queue` (idempotent)."""
+    def plan(self, queue: str) -> list[Declaration]:
+        """What `declare` declares for `queue`, in order (retry queues, declared as
+        failures need them, are not listed). A passive queue is checked first, so a
+        missing one stops the declaration before anything was declared."""
+        settings = self.config.settings_for(queue)
         names = self.config.names(queue)
-        await self._queue(channel, names.dead_letter_queue, self._type_arguments())
-        await self._queue(channel, queue, self.main_queue_arguments(names))
-        if self.config.exchange:
-            await self._exchange(channel, self.config.exchange, self.config.exchange_type)
-            for key in self.config.binding_keys or [queue]:
-                await channel.queue_bind(queue, self.config.exchange, routing_key=key)
+        dlq = Declaration("queue", names.dead_letter_queue, arguments=self._type_arguments(queue))
+        if settings.passive:
+            steps = [Declaration("queue", queue, passive=True, main=True), dlq]
+        else:
+            steps = [
+                dlq,
+                Declaration("queue", queue, arguments=self.main_queue_arguments(names), main=True),
+            ]
+            if settings.exchange:
+                steps.append(
+                    Declaration("exchange", settings.exchange, exchange_type=settings.exchange_type)
+                )
+                steps += [
+                    Declaration("binding", queue, exchange=settings.exchange, routing_key=key)
+                    for key in settings.binding_keys
+                ]
         if self.config.enable_delayed_retry:
-            await self._exchange(channel, names.retry_exchange, "direct")
+            steps.append(Declaration("exchange", names.retry_exchange, exchange_type="direct"))
+        return steps
+
+    async def declare(
+        self, channel: AbstractChannel, queue: str, *, vhost: str = "/"
+    ) -> QueueNames:
+        """Declare main queue, bindings, retry exchange and DLQ of `queue` (idempotent);
+        a passive queue is checked instead (`vhost` names where, in the error)."""
+        for step in self.plan(queue):
+            await self.apply(channel, step, vhost=vhost)
         self.forget(queue)
-        return names
+        return self.config.names(queue)
+
+    async def apply(self, channel: AbstractChannel, step: Declaration, *, vhost: str = "/") -> None:
+        """Declare (or, passive, check) one object.
+
+        Raises:
+            TopologyConflict: the object exists with other arguments, or a passive queue
+                does not exist. The broker closed `channel`.
+        """
+        if step.kind == "binding":
+            assert step.exchange is not None and step.routing_key is not None
+            await channel.queue_bind(step.name, step.exchange, routing_key=step.routing_key)
+        elif step.kind == "exchange":
+            await self._exchange(channel, step.name, step.exchange_type or "direct")
+        elif step.passive:
+            try:
+                await channel.queue_declare(step.name, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity as exc:
+                raise missing_queue(step.name, vhost) from exc
+        else:
+            await self._queue(channel, step.name, dict(step.arguments), main=step.main)
 
     async def retry_queue(self, channel: AbstractChannel, names: QueueNames, delay_ms: int) -> str:
         """Make sure the retry queue of a delay tier exists and is bound; returns its name.
@@ -151,7 +290,7 @@ class Topology:
     async def _declare_tier(
         self, channel: AbstractChannel, names: QueueNames, name: str, delay_ms: int
     ) -> None:
-        args = self._type_arguments()
+        args = self._type_arguments(names.queue)
         args["x-message-ttl"] = delay_ms
         args["x-dead-letter-exchange"] = ""
         args["x-dead-letter-routing-key"] = names.queue
@@ -162,11 +301,13 @@ class Topology:
         await self._queue(channel, name, args)
         await channel.queue_bind(name, names.retry_exchange, routing_key=name)
 
-    async def _queue(self, channel: AbstractChannel, name: str, args: dict[str, Any]) -> None:
+    async def _queue(
+        self, channel: AbstractChannel, name: str, args: dict[str, Any], *, main: bool = False
+    ) -> None:
         try:
             await channel.queue_declare(name, durable=True, arguments=args)
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
-            raise _conflict(exc, f"queue {name!r}") from exc
+            raise _conflict(exc, f"queue {name!r}", main=main) from exc
 
     async def _exchange(self, channel: AbstractChannel, name: str, kind: str) -> None:
         try:
