@@ -194,6 +194,7 @@ class Publisher:
         self._starting = asyncio.Lock()
         self._connecting: asyncio.Task[None] | None = None
         self._owns_backend = False
+        self._closed = False
 
     @classmethod
     async def connect(
@@ -247,6 +248,8 @@ class Publisher:
         """
         if self.spool_config is None or self.spool is not None:
             return
+        if self._closed:
+            raise ConnectionLost("this Publisher was closed; build a new one")
         async with self._starting:
             if self.spool is None:
                 spool = await Spool.open(self.spool_config)
@@ -260,6 +263,7 @@ class Publisher:
         """Stop the drainer and close the spool (what it holds stays on disk for the next
         publisher), and close the connection `Publisher.connect()` opened (a backend
         passed in is left alone)."""
+        self._closed = True
         if self._connecting is not None:
             self._connecting.cancel()
             with contextlib.suppress(asyncio.CancelledError, BackendError):

@@ -295,11 +295,25 @@ class Spool:
                 batch, self._pending = self._pending, []
                 records = [record for record, _ in batch]
                 self._pending_bytes -= sum(map(len, records))
-                written, ends, error = await asyncio.to_thread(self._write, records)
+                try:
+                    written, ends, error = await asyncio.to_thread(self._write, records)
+                except BaseException as exc:
+                    # Never leave an append waiting forever (cancelled: the loop is closing).
+                    failure = (
+                        exc
+                        if isinstance(exc, Exception)
+                        else FoxworkError(
+                            f"the spool {str(self.directory)!r} stopped writing: {exc!r}"
+                        )
+                    )
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_exception(failure)
+                    raise
                 # Published on the loop, after the fsync: the reader never sees a record
                 # whose append has not returned.
                 self._ends.update(ends)
-                self._last_segment = max(ends)
+                self._last_segment = max(self._last_segment, *ends)
                 for record, done in batch[:written]:
                     self._depth += 1
                     self._bytes += len(record)
@@ -381,7 +395,7 @@ class Spool:
                 await self._readable.wait()
         return self._current[0]
 
-    def _read_at(self, segment: int, offset: int) -> tuple[SpooledMessage, int] | None:
+    def _read_at(self, segment: int, offset: int) -> tuple[SpooledMessage, int]:
         if self._read_fd is None or self._read_fd[0] != segment:
             if self._read_fd is not None:
                 os.close(self._read_fd[1])
@@ -403,18 +417,19 @@ class Spool:
         self._room.set()
         self._acked.set()
         if not self.busy and self._write_offset:
-            # Drained: the next append begins a new segment, and this one can go.
-            await self._roll()
+            # Drained: the next append begins a new segment, and this one can go. No await
+            # in between: an append cannot slip into the old segment meanwhile.
+            self._roll()
         self._position_dirty = True
         if self._position_writer is None:
             self._position_writer = asyncio.get_running_loop().create_task(
                 self._write_positions(), name="foxwork-spool-position"
             )
 
-    async def _roll(self) -> None:
+    def _roll(self) -> None:
         fd, self._write_fd = self._write_fd, None
         if fd is not None:
-            await asyncio.to_thread(os.close, fd)
+            os.close(fd)  # closing a file written and fsynced does not wait for the disk
         self._write_segment += 1
         self._write_offset = 0
         self._last_segment = self._write_segment

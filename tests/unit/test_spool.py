@@ -16,6 +16,7 @@ import pytest
 
 from foxwork import MessageProperties, OutboundMessage, Publisher, PublishNotConfirmed
 from foxwork.backends import MemoryBackend
+from foxwork.errors import ConnectionLost
 from foxwork.spool import (
     Spool,
     SpoolConfig,
@@ -476,3 +477,40 @@ async def test_without_a_spool_publish_still_returns_the_message_id(
 
     assert receipt == "m-1" and isinstance(receipt, str)
     assert receipt.message_id == "m-1" and not receipt.spooled and receipt.confirmed
+
+
+async def test_an_append_racing_the_ack_that_empties_the_spool_is_not_lost(
+    open_spool: SpoolFactory,
+) -> None:
+    spool = await open_spool()
+    await spool.append(message(0))
+    await spool.next()
+
+    # The ack empties the spool (a new segment is begun) while an append comes in.
+    await asyncio.gather(spool.ack(), spool.append(message(1)))
+
+    assert spool.depth == 1
+    assert await asyncio.wait_for(take(spool, 1), 5) == ["id-1"]
+
+
+async def test_a_closed_publisher_with_a_spool_refuses_to_publish(
+    memory: MemoryBackend, queue_name: str, tmp_path: Path
+) -> None:
+    publisher = Publisher(memory, spool=SpoolConfig(directory=tmp_path))
+    await publisher.publish("x", routing_key=queue_name)
+    await publisher.close()
+
+    with pytest.raises(ConnectionLost, match="closed"):
+        await publisher.publish("y", routing_key=queue_name)
+    assert read_status(tmp_path).owner_pid is None
+
+
+async def test_a_full_spool_refuses_a_publish_with_what_to_change(
+    memory: MemoryBackend, queue_name: str, tmp_path: Path
+) -> None:
+    config = SpoolConfig(directory=tmp_path, max_bytes=1000)
+    async with Publisher(memory, spool=config) as publisher:
+        await memory.close()
+        with pytest.raises(SpoolFull, match="max_bytes=1000"):
+            for number in range(100):
+                await publisher.publish(number, routing_key=queue_name)
