@@ -6,6 +6,10 @@ a retried copy comes back to its queue after the delay tier with `x-retry-attemp
 letter lands in `Q-dlq` with the diagnostic headers, a nack with requeue redelivers with
 `redelivered=True`, and at most `prefetch` deliveries per consumer are unsettled at a time.
 Nothing survives the process.
+
+Retry delays run on a `RetryClock`: the event loop's clock by default; a test can pass a
+clock of its own (`foxwork.testing.VirtualClock`) and release the delayed copies when it
+chooses, without waiting for them.
 """
 
 from __future__ import annotations
@@ -15,15 +19,15 @@ import collections
 import dataclasses
 import itertools
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from .. import codec, wire
 from ..errors import ConfigurationError, ConnectionLost, PublishNotConfirmed
 from ..message import Message, MessageProperties
 from .base import Backend, Consumer, Intake, copy_properties, retry_properties
 
-__all__ = ["MemoryBackend", "StoredMessage"]
+__all__ = ["MemoryBackend", "RetryClock", "ScheduledRetry", "StoredMessage"]
 
 logger = logging.getLogger("foxwork.backends.memory")
 
@@ -44,17 +48,95 @@ class StoredMessage:
     def headers(self) -> Mapping[str, Any]:
         return self.properties.headers
 
+    @property
+    def payload(self) -> Any:
+        """The decoded body, as a worker without a payload model sees it: JSON → objects,
+        text → str, anything else bytes.
+
+        Raises:
+            PoisonMessage: the body does not match its content type.
+        """
+        return codec.decode(
+            self.body,
+            self.properties.content_type,
+            self.properties.content_encoding,
+            max_size=max(len(self.body), wire.DEFAULT_MAX_BODY_SIZE),
+        )
+
+
+@dataclasses.dataclass
+class ScheduledRetry:
+    """A retried copy the memory broker holds for its delay (the retry queue, in RabbitMQ).
+
+    Attributes:
+        queue: the queue it comes back to.
+        message: the copy, with `x-retry-attempt` set.
+        delay: the delay asked for, in seconds (jitter included).
+        held: the delay it is held for: `delay` rounded to its tier, as on RabbitMQ.
+        due: the clock's time at which it comes back.
+        released: whether it came back to its queue already.
+    """
+
+    queue: str
+    message: StoredMessage
+    delay: float
+    held: float
+    due: float
+    released: bool = False
+
+    @property
+    def attempt(self) -> int:
+        """The attempt its next delivery will be (failed attempts + 1)."""
+        return wire.parse_retry_attempt(self.message.headers) + 1
+
+
+class _Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+class RetryClock(Protocol):
+    """When the delayed copies of a `MemoryBackend` come back to their queues.
+
+    The default is the running event loop's clock. A clock of one's own (a virtual clock
+    in tests) must call every callback exactly once, in the order of their due times, on
+    the event loop's thread.
+    """
+
+    def time(self) -> float:
+        """The current time, in seconds (any origin)."""
+        ...
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> _Cancellable:
+        """Call `callback()` once `delay` seconds have passed on this clock."""
+        ...
+
+
+class _LoopClock:
+    """The running event loop's clock."""
+
+    def time(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> _Cancellable:
+        return asyncio.get_running_loop().call_later(delay, callback)
+
 
 class _Queue:
-    __slots__ = ("_changed", "delayed", "messages", "name", "unacked")
+    __slots__ = ("_changed", "_on_change", "messages", "name", "retries", "unacked")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, on_change: Callable[[], None]) -> None:
         self.name = name
         self.messages: collections.deque[StoredMessage] = collections.deque()
         self.unacked = 0
-        self.delayed = 0
+        #: Retried copies held for their delay, in the order they were published.
+        self.retries: list[ScheduledRetry] = []
         # Created only while someone waits, so a change nobody waits for costs nothing.
         self._changed: asyncio.Event | None = None
+        self._on_change = on_change
+
+    @property
+    def delayed(self) -> int:
+        return len(self.retries)
 
     async def wait_changed(self) -> None:
         """Wait for the next change (consumers and join() wait here)."""
@@ -66,6 +148,7 @@ class _Queue:
         if self._changed is not None:
             self._changed.set()
             self._changed = None
+        self._on_change()
 
     @property
     def idle(self) -> bool:
@@ -119,6 +202,8 @@ class MemoryBackend(Backend):
     Args:
         queues: queues to create now (others are created by `declare()` or `add_message()`).
         max_body_size: bodies larger than this (bytes) are dead-lettered unread.
+        clock: the clock retry delays run on (see `RetryClock`); the event loop's by
+            default.
 
     Example:
         backend = MemoryBackend()
@@ -134,6 +219,7 @@ class MemoryBackend(Backend):
         *,
         queues: tuple[str, ...] | list[str] = (),
         max_body_size: int = wire.DEFAULT_MAX_BODY_SIZE,
+        clock: RetryClock | None = None,
     ) -> None:
         if max_body_size < 1:
             raise ConfigurationError(f"max_body_size={max_body_size} must be at least 1 byte")
@@ -143,7 +229,9 @@ class MemoryBackend(Backend):
         self._deliveries: dict[int, tuple[_Queue, _MemoryConsumer, StoredMessage]] = {}
         self._tags = itertools.count(1)
         self._consumers: list[_MemoryConsumer] = []
-        self._timers: set[asyncio.TimerHandle] = set()
+        self.clock: RetryClock = clock if clock is not None else _LoopClock()
+        self._timers: set[_Cancellable] = set()
+        self._changed: asyncio.Event | None = None
         self._connected = False
         #: Copies published for a retry, per queue (a test and demo convenience).
         self.retried: collections.Counter[str] = collections.Counter()
@@ -187,8 +275,20 @@ class MemoryBackend(Backend):
     def _queue(self, name: str) -> _Queue:
         queue = self._queues.get(name)
         if queue is None:
-            queue = self._queues[name] = _Queue(name)
+            queue = self._queues[name] = _Queue(name, self._notify_any)
         return queue
+
+    def _notify_any(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    async def wait_for_change(self) -> None:
+        """Wait for the next change in any queue: a message enqueued, delivered, settled,
+        or a delayed copy scheduled or released."""
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        await self._changed.wait()
 
     async def declare(self, queue: str) -> None:
         self._queue(queue)
@@ -252,21 +352,26 @@ class MemoryBackend(Backend):
 
     async def publish_retry(self, message: Message[Any], *, delay: float) -> None:
         self._require_connection()
-        queue = self._queue(message.queue)
         stored = StoredMessage(message.body, retry_properties(message), message.queue)
-        queue.delayed += 1
         self.retried[message.queue] += 1
-        loop = asyncio.get_running_loop()
-        seconds = wire.delay_tier_ms(delay) / 1000
+        self._schedule_retry(self._queue(message.queue), stored, delay)
+
+    def _schedule_retry(self, queue: _Queue, stored: StoredMessage, delay: float) -> ScheduledRetry:
+        # Held for the delay of its tier, as a RabbitMQ retry queue holds it.
+        held = wire.delay_tier_ms(delay) / 1000
+        retry = ScheduledRetry(queue.name, stored, delay, held, self.clock.time() + held)
+        queue.retries.append(retry)
 
         def due() -> None:
             self._timers.discard(timer)
-            queue.delayed -= 1
+            queue.retries.remove(retry)
+            retry.released = True
             queue.messages.append(stored)
             queue.notify()
 
-        timer = loop.call_later(seconds, due)
+        timer = self.clock.call_later(held, due)
         self._timers.add(timer)
+        return retry
 
     async def publish_dead_letter(self, message: Message[Any], headers: dict[str, Any]) -> None:
         self._require_connection()
@@ -333,6 +438,14 @@ class MemoryBackend(Backend):
     def messages(self, queue: str) -> list[StoredMessage]:
         """The messages waiting in `queue` (not the unacked or delayed ones)."""
         return list(self._queue(queue).messages)
+
+    def unacked(self, queue: str) -> int:
+        """Deliveries of `queue` handed to a consumer and not settled yet."""
+        return self._queue(queue).unacked
+
+    def pending_retries(self, queue: str) -> list[ScheduledRetry]:
+        """The retried copies of `queue` held for their delay, in the order published."""
+        return list(self._queue(queue).retries)
 
     def dead_letters(self, queue: str) -> list[StoredMessage]:
         """The dead letters of `queue` (the contents of `Q-dlq`)."""
