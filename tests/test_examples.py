@@ -1,10 +1,11 @@
-"""Every example script and every marked README snippet runs and exits 0.
+"""Every example script and every marked snippet of the documentation runs and exits 0.
 
 Conventions:
     examples/*.py: each file is run as `python examples/NAME.py`. A line
         `# requires: rabbitmq` in it means it needs a broker: it then runs with
         `FOXWORK_URL` set to the test broker, and is marked `rabbitmq`.
-    README.md: a ```python block directly after `<!-- test: run -->` is run as a script;
+    README.md and docs/**/*.md (the documentation site): a ```python block directly after
+        `<!-- test: run -->` is run as a script;
         after `<!-- test: run rabbitmq -->` it runs with `FOXWORK_URL` set to the test
         broker, and is marked `rabbitmq`. Every ```python block carries one of the markers.
         A block directly after `<!-- example: examples/NAME.py -->` must be that file,
@@ -23,6 +24,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+#: The pages whose python blocks are tested: the README and the documentation site.
+DOCUMENTS = [README, *sorted((ROOT / "docs").rglob("*.md"))]
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 #: Seconds one example or snippet may run.
 RUN_TIMEOUT = 60.0
@@ -36,9 +39,9 @@ def _needs_broker(path: Path) -> bool:
     return bool(_REQUIRES_BROKER.search(path.read_text()))
 
 
-def _readme_fences() -> list[tuple[int, re.Match[str] | None, str]]:
-    """(line number, marker or None, code) of every ```python block in the README."""
-    text = README.read_text()
+def _fences(document: Path) -> list[tuple[int, re.Match[str] | None, str]]:
+    """(line number, marker or None, code) of every ```python block in `document`."""
+    text = document.read_text()
     fences = []
     for fence in _FENCE.finditer(text):
         before = text[: fence.start()].rstrip().rsplit("\n", 1)[-1]
@@ -47,20 +50,19 @@ def _readme_fences() -> list[tuple[int, re.Match[str] | None, str]]:
     return fences
 
 
-def _readme_blocks() -> list[tuple[int, str | None, str]]:
-    """(line number, example path or None for `test: run`, code) of each marked block."""
+def _where(document: Path, line: int) -> str:
+    return f"{document.relative_to(ROOT)}:{line}"
+
+
+def _blocks() -> list[tuple[str, str | None, bool, str]]:
+    """(where, example path or None for `test: run`, needs a broker, code) of each marked
+    block of every document."""
     return [
-        (line, marker.group("path"), code)
-        for line, marker, code in _readme_fences()
+        (_where(document, line), marker.group("path"), marker.group("broker") is not None, code)
+        for document in DOCUMENTS
+        for line, marker, code in _fences(document)
         if marker is not None
     ]
-
-
-def _needs_broker_block(line: int) -> bool:
-    return any(
-        marker is not None and marker.group("broker") is not None and at == line
-        for at, marker, _ in _readme_fences()
-    )
 
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -97,55 +99,58 @@ def test_example_runs_and_exits_0(path: Path, request: pytest.FixtureRequest):
 
 
 @pytest.mark.parametrize(
-    ("line", "code"),
+    ("where", "broker", "code"),
     [
-        pytest.param(
-            line,
-            code,
-            id=f"README.md:{line}",
-            marks=[pytest.mark.rabbitmq] if _needs_broker_block(line) else [],
-        )
-        for line, path, code in _readme_blocks()
+        pytest.param(where, broker, code, id=where, marks=[pytest.mark.rabbitmq] if broker else [])
+        for where, path, broker, code in _blocks()
         if path is None
     ],
 )
-def test_runnable_readme_snippet_exits_0(
-    line: int, code: str, tmp_path: Path, request: pytest.FixtureRequest
+def test_runnable_snippet_exits_0(
+    where: str, broker: bool, code: str, tmp_path: Path, request: pytest.FixtureRequest
 ):
-    # Given a README snippet marked runnable, and a broker when it says it needs one
+    # Given a documentation snippet marked runnable, and a broker when it says it needs one
     script = tmp_path / "snippet.py"
     script.write_text(code)
     env = _env_without_broker()
-    if _needs_broker_block(line):
+    if broker:
         env["FOXWORK_URL"] = request.getfixturevalue("rabbitmq_url")
     # When it is run as a script
     result = _run([str(script)], env)
     # Then it exits 0
-    assert result.returncode == 0, f"README.md:{line} failed:\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, f"{where} failed:\n{result.stdout}\n{result.stderr}"
 
 
 @pytest.mark.parametrize(
-    ("line", "path", "code"),
+    ("where", "path", "code"),
     [
-        pytest.param(line, path, code, id=f"README.md:{line}")
-        for line, path, code in _readme_blocks()
+        pytest.param(where, path, code, id=where)
+        for where, path, _, code in _blocks()
         if path is not None
     ],
 )
-def test_readme_example_block_is_the_example_file_verbatim(line: int, path: str, code: str):
-    # Given a README block that shows an example file
+def test_example_block_is_the_example_file_verbatim(where: str, path: str, code: str):
+    # Given a documentation block that shows an example file
     example = ROOT / path
     # Then it is that file, word for word (so what readers copy is run and type-checked)
-    assert example.is_file(), f"README.md:{line} refers to missing {path}"
-    assert code == example.read_text(), f"README.md:{line} differs from {path}"
+    assert example.is_file(), f"{where} refers to missing {path}"
+    assert code == example.read_text(), f"{where} differs from {path}"
 
 
 def test_the_readme_quick_start_is_a_tested_example():
     # The quick start is what most readers copy: it must be one of the checked blocks.
-    assert "examples/quickstart.py" in [path for _, path, _ in _readme_blocks()]
+    readme = [path for where, path, _, _ in _blocks() if where.startswith("README.md:")]
+    assert "examples/quickstart.py" in readme
 
 
-def test_every_python_block_in_the_readme_is_run_or_is_an_example_file():
+def test_the_documents_hold_tested_snippets():
+    # The scan finds the site's pages and their blocks (a moved docs folder fails here).
+    assert len(DOCUMENTS) > 5
+    assert sum(1 for where, *_ in _blocks() if where.startswith("docs/")) >= 5
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda d: str(d.relative_to(ROOT)))
+def test_every_python_block_is_run_or_is_an_example_file(document: Path):
     # A python block a reader may copy must be one the suite runs (or an example file).
-    unmarked = [line for line, marker, _ in _readme_fences() if marker is None]
-    assert unmarked == [], f"README.md python blocks at lines {unmarked} are not tested"
+    unmarked = [line for line, marker, _ in _fences(document) if marker is None]
+    assert unmarked == [], f"{document.name}: python blocks at lines {unmarked} are not tested"
