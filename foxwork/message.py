@@ -229,6 +229,7 @@ class Message(Generic[P]):
         max_body_size: the most bytes the body may have, as received and once inflated
             (a gzip or deflate body is decoded no further than this).
         worker_id: the worker the pool picked for it (set at dispatch).
+        retry_delay: seconds until the copy `retry()` published comes back; None until then.
         raw: the backend's own delivery object (for the backend; do not rely on it).
     """
 
@@ -251,6 +252,7 @@ class Message(Generic[P]):
         "queue",
         "raw",
         "redelivered",
+        "retry_delay",
         "routing_key",
         "worker",
         "worker_id",
@@ -289,6 +291,7 @@ class Message(Generic[P]):
         self.worker: Worker[Any] | None = None
         self.worker_id: str | None = None
         self.raw: Any = None
+        self.retry_delay: float | None = None
         self._settler = settler
         self._state = SettleState.PENDING
         self._payload: Any = _UNSET
@@ -471,6 +474,7 @@ class Message(Generic[P]):
         """
         if not self._claim(SettleState.RETRIED, "retry"):
             return False
+        self.retry_delay = delay
         return await self._republish(self._settler.publish_retry(self, delay=delay))
 
     async def dead_letter(

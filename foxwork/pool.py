@@ -11,11 +11,12 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from . import logs, wire
 from ._checks import is_count, is_int
 from ._slots import Slots
 from .backends.base import Backend, Consumer
-from .errors import ConfigurationError, PoolStateError
-from .message import Message
+from .errors import ConfigurationError, PoolStateError, RetryLater
+from .message import Message, SettleState
 from .middleware.base import CallNext, Middleware, build_chain, shutdown_all, startup_all
 from .settlement import AckPolicy, check_policy, settle_failure
 from .strategies import LoadBalancingStrategy, make_picker
@@ -45,6 +46,21 @@ def standard_middleware() -> tuple[Middleware, ...]:
     from .middleware.retry import RetryMiddleware
 
     return (AckNackMiddleware(), MetricsMiddleware(), RetryMiddleware())
+
+
+#: How a failed message ended, for the one log line of its failure.
+_OUTCOMES = {
+    SettleState.PENDING: "left unsettled",
+    SettleState.ACKED: "acked",
+    SettleState.REQUEUED: "requeued",
+    SettleState.REJECTED: "rejected",
+    SettleState.RETRIED: "retried",
+    SettleState.DEAD_LETTERED: "dead-lettered",
+}
+
+
+#: Settlements of a `RetryLater` that are what the worker asked for: logged at INFO.
+_RETRIED_LATER = frozenset({SettleState.RETRIED, SettleState.REQUEUED})
 
 
 class PoolState(enum.Enum):
@@ -379,6 +395,9 @@ class WorkerPool:
     async def _process(self, message: Message[Any], index: int) -> None:
         stats = self._stats[index]
         stats.in_flight += 1
+        # In the message's own task: every log line of its chain (and of the thread a
+        # blocking `process` runs in) names the pool, queue, message, attempt and worker.
+        logs.processing(self.name, message)
         try:
             await self._chain(message)
         except asyncio.CancelledError:
@@ -388,28 +407,50 @@ class WorkerPool:
             raise
         except Exception as exc:
             stats.failed += 1
-            logger.warning(
-                "message %s failed on attempt %d in worker %s: %s: %s",
-                message.id,
-                message.attempt,
-                message.worker_id,
-                type(exc).__name__,
-                exc,
-                exc_info=logger.isEnabledFor(logging.DEBUG),
-            )
-            if not message.settled:
-                logger.warning(
-                    "message %s failed and no middleware settled it; settling by %s",
-                    message.id,
-                    self.on_unsettled_failure.name,
-                )
+            by_pool = not message.settled
+            if by_pool:
                 await self._settle_safely(settle_failure(message, exc, self.on_unsettled_failure))
+            self._log_failure(message, exc, by_pool=by_pool)
         else:
             stats.processed += 1
             if not message.settled:
                 await self._settle_safely(message.ack())
         finally:
             stats.in_flight -= 1
+
+    def _log_failure(self, message: Message[Any], exc: Exception, *, by_pool: bool) -> None:
+        # One line per failure, saying how it ended; the full traceback only at DEBUG.
+        state = message.state
+        asked = isinstance(exc, RetryLater) and state in _RETRIED_LATER
+        level = logging.INFO if asked else logging.WARNING
+        if not logger.isEnabledFor(level):
+            return
+        debug = logger.isEnabledFor(logging.DEBUG)
+        where = "" if asked or debug else logs.compact_traceback(exc)
+        error = f"{type(exc).__name__}: {exc}" + (f" (at {where})" if where else "")
+        if state is SettleState.RETRIED and message.retry_delay is not None:
+            outcome = f"retrying in {message.retry_delay:.3g} s"
+        else:
+            outcome = _OUTCOMES[state]
+        if state is SettleState.DEAD_LETTERED:
+            text = "message %s dead-lettered to %s: %s; attempt %d in worker %s"
+            args: tuple[Any, ...] = (
+                message.id,
+                wire.dead_letter_queue_name(message.queue),
+                error,
+                message.attempt,
+                message.worker_id,
+            )
+        elif asked:
+            text = "message %s retries later on attempt %d in worker %s (%s); %s"
+            args = (message.id, message.attempt, message.worker_id, exc, outcome)
+        else:
+            text = "message %s failed on attempt %d in worker %s: %s; %s"
+            args = (message.id, message.attempt, message.worker_id, error, outcome)
+        if by_pool:
+            text += "; no middleware settled it: the pool did (on_unsettled_failure=%s)"
+            args += (self.on_unsettled_failure.name,)
+        logger.log(level, text, *args, exc_info=exc if debug else None)
 
     async def _settle_safely(self, settlement: Any) -> None:
         try:

@@ -30,6 +30,7 @@ from .._redact import redact
 from ..errors import BackendError, ConfigurationError, ConnectionLost
 from ..message import MessageProperties
 from ._backoff import Backoff
+from ._client_noise import fold_client_noise, unfold_client_noise
 from ._recovery import Restorer
 from .base import Backend, Consumer, Intake
 
@@ -183,6 +184,7 @@ class ResilientBackend(Backend):
         self._reconnect_task: asyncio.Task[None] | None = None
         self._watchdog_task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
+        self._folding = False
         backend.add_connection_lost_callback(self._on_lost)
 
     def __repr__(self) -> str:
@@ -240,6 +242,7 @@ class ResilientBackend(Backend):
             raise ConnectionLost("this ResilientBackend was closed; build a new one")
         if self.is_connected:
             return
+        self._fold_client_noise(True)
         if self.fail_fast and self.reconnects == 0 and self.consecutive_failures == 0:
             self._set_state(ConnectionState.CONNECTING)
             try:
@@ -247,11 +250,21 @@ class ResilientBackend(Backend):
             except BaseException as exc:
                 self._record_failure(exc)
                 self._set_state(ConnectionState.DISCONNECTED)
+                self._fold_client_noise(False)
                 raise
             self._connected_now()
         else:
             await self._reconnect_forever()
         self._start_watchdog()
+
+    def _fold_client_noise(self, on: bool) -> None:
+        # The client's own lines about a lost connection go to INFO while this backend
+        # reports the loss (see `_client_noise`); once per backend.
+        if on and not self._folding:
+            fold_client_noise()
+        elif not on and self._folding:
+            unfold_client_noise()
+        self._folding = on
 
     def _connected_now(self) -> None:
         self.consecutive_failures = 0
@@ -274,7 +287,10 @@ class ResilientBackend(Backend):
         await self._restorer.stop()
         for consumer in self._consumers:
             consumer.cancelled = True
-        await self.backend.close()
+        try:
+            await self.backend.close()
+        finally:
+            self._fold_client_noise(False)
 
     def _on_lost(self, exc: BaseException | None) -> None:
         if self._state is ConnectionState.CLOSED:

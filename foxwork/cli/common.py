@@ -4,7 +4,10 @@ argument types."""
 from __future__ import annotations
 
 import argparse
+import os
 from typing import TypeAlias
+
+from ..logs import ENV_LOG_FORMAT, LOG_FORMATS
 
 __all__ = [
     "ENV_URL",
@@ -54,6 +57,7 @@ def non_negative_float(text: str) -> float:
 
 
 def add_log_level(parser: argparse.ArgumentParser, default: str) -> None:
+    """`--log-level` and `--log-format` (default: $FOXWORK_LOG_FORMAT, else text)."""
     parser.add_argument(
         "--log-level",
         type=str.upper,
@@ -61,4 +65,15 @@ def add_log_level(parser: argparse.ArgumentParser, default: str) -> None:
         default=default,
         metavar="LEVEL",
         help=f"one of {', '.join(LOG_LEVELS)} (default: {default})",
+    )
+    env_format = os.environ.get(ENV_LOG_FORMAT, "").strip().lower()
+    parser.add_argument(
+        "--log-format",
+        type=str.lower,
+        choices=LOG_FORMATS,
+        default=env_format if env_format in LOG_FORMATS else "text",
+        help=(
+            "text lines, or json: one JSON object per line with the pool, queue, message id, "
+            f"attempt and worker of each line (default: ${ENV_LOG_FORMAT}, else text)"
+        ),
     )

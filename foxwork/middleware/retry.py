@@ -200,8 +200,9 @@ class RetryMiddleware:
                 # A failed HALF_OPEN probe consumes no attempt: the circuit breaker outside
                 # holds it for the next probe.
                 raise
+            # The pool logs the failure and how it ended in one line; these say why.
             if message.attempt >= self.max_attempts:
-                logger.info(
+                logger.debug(
                     "message %s failed attempt %d of %d; dead-lettering",
                     message.id,
                     message.attempt,
@@ -213,7 +214,7 @@ class RetryMiddleware:
                     delay = min(exc.delay, wire.MAX_RETRY_DELAY)
                 else:
                     delay = self.backoff(message.attempt)
-                logger.info(
+                logger.debug(
                     "message %s failed attempt %d of %d; retrying in %.3g s",
                     message.id,
                     message.attempt,
