@@ -7,7 +7,9 @@ Conventions:
     README.md and docs/**/*.md (the documentation site): a ```python block directly after
         `<!-- test: run -->` is run as a script;
         after `<!-- test: run rabbitmq -->` it runs with `FOXWORK_URL` set to the test
-        broker, and is marked `rabbitmq`. Every ```python block carries one of the markers.
+        broker, and is marked `rabbitmq`; after `<!-- test: compile -->` (code of another
+        library, for comparison) it is compiled, not run. Every ```python block carries one
+        of the markers.
         A block directly after `<!-- example: examples/NAME.py -->` must be that file,
         verbatim; the file itself is run here and type-checked by mypy.
 """
@@ -31,7 +33,10 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 RUN_TIMEOUT = 60.0
 
 _REQUIRES_BROKER = re.compile(r"^# requires: rabbitmq\s*$", re.MULTILINE)
-_MARKER = re.compile(r"<!--\s*(test:\s*run(?P<broker>\s+rabbitmq)?|example:\s*(?P<path>\S+))\s*-->")
+_MARKER = re.compile(
+    r"<!--\s*(test:\s*run(?P<broker>\s+rabbitmq)?|(?P<compile>test:\s*compile)"
+    r"|example:\s*(?P<path>\S+))\s*-->"
+)
 _FENCE = re.compile(r"^```python\n(?P<code>.*?)^```", re.MULTILINE | re.DOTALL)
 
 
@@ -61,7 +66,17 @@ def _blocks() -> list[tuple[str, str | None, bool, str]]:
         (_where(document, line), marker.group("path"), marker.group("broker") is not None, code)
         for document in DOCUMENTS
         for line, marker, code in _fences(document)
-        if marker is not None
+        if marker is not None and marker.group("compile") is None
+    ]
+
+
+def _compiled_blocks() -> list[tuple[str, str]]:
+    """(where, code) of each block marked `test: compile`."""
+    return [
+        (_where(document, line), code)
+        for document in DOCUMENTS
+        for line, marker, code in _fences(document)
+        if marker is not None and marker.group("compile") is not None
     ]
 
 
@@ -119,6 +134,14 @@ def test_runnable_snippet_exits_0(
     result = _run([str(script)], env)
     # Then it exits 0
     assert result.returncode == 0, f"{where} failed:\n{result.stdout}\n{result.stderr}"
+
+
+@pytest.mark.parametrize(
+    ("where", "code"), [pytest.param(where, code, id=where) for where, code in _compiled_blocks()]
+)
+def test_comparison_snippet_is_valid_python(where: str, code: str):
+    # Given another library's code, shown for comparison: it is at least valid Python
+    compile(code, where, "exec")
 
 
 @pytest.mark.parametrize(
