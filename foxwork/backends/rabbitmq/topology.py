@@ -46,6 +46,10 @@ RETRY_QUEUE_EXPIRES_MARGIN_MS = 600_000
 #: A retry tier is declared again (which resets its expiry) when older than this (s).
 RETRY_QUEUE_REDECLARE_AFTER = 60.0
 
+#: Characters with a meaning in a policy pattern (a regular expression) that a queue name
+#: may hold: escaped, so the pattern matches the one queue.
+_REGEX_SPECIAL = re.compile(r"[.^$*+?()\[\]{}|\\]")
+
 _INEQUIVALENT = re.compile(
     r"inequivalent arg '(?P<arg>[^']+)' for (?P<kind>queue|exchange) '(?P<name>[^']+)'"
     r".*?: received (?P<received>.+?) but current is (?P<current>.+)$"
@@ -142,6 +146,10 @@ class Declaration:
         return f"queue    {self.name!r} (durable, arguments {arguments})"
 
 
+def _escape(name: str) -> str:
+    return _REGEX_SPECIAL.sub(lambda match: "\\" + match[0], name)
+
+
 def policy_command(queue: str, arguments: Mapping[str, Any], vhost: str) -> str:
     """The `rabbitmqctl set_policy` command that gives an existing `queue` the dead-letter
     settings (and delivery limit) of foxwork's main queue `arguments`, as policy keys."""
@@ -154,7 +162,7 @@ def policy_command(queue: str, arguments: Mapping[str, Any], vhost: str) -> str:
         "-p",
         vhost,
         f"foxwork-{queue}",
-        f"^{re.escape(queue)}$",
+        f"^{_escape(queue)}$",
         json.dumps(definition, sort_keys=True, separators=(",", ":")),
         "--apply-to",
         "queues",
