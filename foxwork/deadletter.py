@@ -1,16 +1,32 @@
 """What a dead letter says, read from the headers foxwork (or the broker) put on it: one
-description for every backend and tool (`foxwork dlq`, `foxwork demo`)."""
+description for every backend and tool (`foxwork dlq`, `foxwork demo`); and what every
+backend's replay shares (which dead letters it chooses, what it drops, what it reports)."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import Any
 
 from . import wire
+from .errors import ConfigurationError
 
-__all__ = ["DeadLetterInfo", "describe"]
+__all__ = [
+    "REPLAY_DROPPED_HEADERS",
+    "DeadLetterInfo",
+    "ReplayResult",
+    "describe",
+    "replay_choice",
+]
+
+#: Headers foxwork and the broker add to a dead letter, and the counts of its attempts and
+#: deliveries: a replayed copy drops them, it starts afresh (a first attempt, no
+#: `x-retry-attempt`).
+REPLAY_DROPPED_HEADERS = frozenset(
+    (wire.RETRY_ATTEMPT, wire.REDELIVERY_COUNT, *wire.DEAD_LETTER_HEADERS, *wire.BROKER_HEADERS)
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,3 +145,60 @@ def describe(
         body=body,
         properties=dict(properties or {}),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplayResult:
+    """What a dead-letter queue's `replay()` did.
+
+    Attributes:
+        replayed: ids replayed (or that would be, in a dry run), in DLQ order.
+        failed: ids whose copy was not taken: they stay in the DLQ.
+        skipped: how many of the dead letters there at the start were left alone (not
+            chosen, beyond the limit, or not read).
+        dry_run: nothing was changed.
+        stopped: why the replay stopped before it was done ("" when it did not stop
+            early); every dead letter not replayed is still in the DLQ.
+        reasons: the reason of each id in `replayed` and `failed`.
+    """
+
+    replayed: list[str]
+    failed: list[str]
+    skipped: int
+    dry_run: bool
+    stopped: str = ""
+    reasons: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+def replay_choice(
+    *,
+    ids: Collection[str] | None,
+    reason_match: str | None,
+    limit: int | None,
+    rate: float | None,
+) -> Callable[[DeadLetterInfo], bool]:
+    """Which dead letters a replay chooses: those with one of `ids` (default: any) whose
+    reason matches `reason_match` (default: any).
+
+    Raises:
+        ConfigurationError: `reason_match` is not a regular expression, or `limit` or
+            `rate` is not positive.
+    """
+    try:
+        pattern = re.compile(reason_match) if reason_match else None
+    except re.error as exc:
+        raise ConfigurationError(
+            f"reason_match={reason_match!r} is not a valid regex: {exc}"
+        ) from exc
+    if rate is not None and rate <= 0:
+        raise ConfigurationError(f"rate={rate!r} must be a positive number per second")
+    if limit is not None and limit < 1:
+        raise ConfigurationError(f"limit={limit!r} must be at least 1")
+    wanted = set(ids) if ids else None
+
+    def chosen(letter: DeadLetterInfo) -> bool:
+        return (wanted is None or letter.id in wanted) and (
+            pattern is None or pattern.search(letter.reason) is not None
+        )
+
+    return chosen

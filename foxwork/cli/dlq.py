@@ -1,8 +1,10 @@
 """`foxwork dlq list | show | replay | purge QUEUE`: the dead-letter queue from a shell.
 
-A thin layer over `foxwork.backends.rabbitmq.dlq.DeadLetterQueue`; see there for the
-guarantees (browsing does not consume, replay removes a dead letter only after its copy is
-confirmed).
+A thin layer over a broker's `DeadLetterQueue`, picked by the URL's scheme:
+`foxwork.backends.rabbitmq.dlq` for amqp:// and amqps://, `foxwork.backends.redis.dlq` for
+redis:// and rediss://; see there for the guarantees (browsing does not consume; replay
+removes a dead letter only once its copy is in the queue: after a confirm on RabbitMQ, in
+the same atomic step on Redis).
 """
 
 from __future__ import annotations
@@ -12,32 +14,92 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any, TextIO
+import time
+from collections.abc import Awaitable, Callable, Collection
+from types import TracebackType
+from typing import Any, Protocol, TextIO
 
 from .._redact import redact
-from ..backends.rabbitmq.dlq import DeadLetterInfo, DeadLetterQueue
+from ..deadletter import DeadLetterInfo, ReplayResult
 from ..errors import BackendError, ConfigurationError
 from .common import ENV_URL, CommandLineError
 
 __all__ = ["add_dlq_command"]
 
 _REASON_WIDTH = 60
+#: The URL schemes `foxwork dlq --url` understands.
+_SUPPORTED = "amqp:// or amqps:// (RabbitMQ), redis:// or rediss:// (Redis Streams)"
+#: Failed ids the replay summary names at most.
+_NAMED_FAILURES = 10
+#: Seconds between two redraws of the progress line.
+_PROGRESS_INTERVAL = 0.1
+
+
+class DeadLetters(Protocol):
+    """What the command needs of a broker's `DeadLetterQueue`."""
+
+    name: str
+
+    async def __aenter__(self) -> DeadLetters: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def count(self) -> int: ...
+
+    async def list(self, *, limit: int | None = None) -> list[DeadLetterInfo]: ...
+
+    async def show(self, message_id: str) -> DeadLetterInfo | None: ...
+
+    async def replay(
+        self,
+        *,
+        ids: Collection[str] | None = None,
+        reason_match: str | None = None,
+        limit: int | None = None,
+        rate: float | None = None,
+        dry_run: bool = False,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> ReplayResult: ...
+
+    async def purge(self) -> int: ...
 
 
 def add_dlq_command(subparsers: Any) -> None:
     """Add `foxwork dlq` and its four actions."""
     parser = subparsers.add_parser(
         "dlq",
-        help="list, show, replay or purge a queue's dead letters (RabbitMQ)",
-        description="Inspect and replay the dead-letter queue (Q-dlq) of a queue Q.",
+        help="list, show, replay or purge a queue's dead letters (RabbitMQ or Redis Streams)",
+        description=(
+            "Inspect and replay the dead letters of a queue Q: the queue Q-dlq on RabbitMQ, "
+            "the stream foxwork:{Q}:dlq on Redis Streams. The broker is chosen by the "
+            f"URL's scheme: {_SUPPORTED}."
+        ),
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     def common(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("queue", metavar="QUEUE", help="the main queue (its DLQ is QUEUE-dlq)")
-        sub.add_argument("--url", help=f"AMQP URL of the broker (default: ${ENV_URL})")
-        sub.add_argument("--dlq", metavar="NAME", help="the DLQ's name when it is not QUEUE-dlq")
+        sub.add_argument(
+            "queue",
+            metavar="QUEUE",
+            help="the main queue (its dead letters: QUEUE-dlq, or foxwork:{QUEUE}:dlq on Redis)",
+        )
+        sub.add_argument(
+            "--url",
+            help=f"broker URL, amqp[s]://... or redis[s]://... (default: ${ENV_URL})",
+        )
+        sub.add_argument(
+            "--dlq", metavar="NAME", help="RabbitMQ: the DLQ's name when it is not QUEUE-dlq"
+        )
+        sub.add_argument(
+            "--key-prefix",
+            metavar="PREFIX",
+            help="Redis: the prefix of the queue's keys when it is not 'foxwork'",
+        )
         sub.add_argument("--log-level", default="WARNING", type=str.upper, help=argparse.SUPPRESS)
 
     listing = actions.add_parser("list", help="one line per dead letter (does not consume)")
@@ -54,11 +116,13 @@ def add_dlq_command(subparsers: Any) -> None:
 
     replay = actions.add_parser(
         "replay",
-        help="republish dead letters to their queue (confirmed), then remove them",
+        help="put dead letters back in their queue, then remove them",
         description=(
-            "Publish chosen dead letters back to the queue they failed in, with "
-            "x-retry-attempt reset. Each is removed from the DLQ only after the broker "
-            "confirmed its copy. With no selection, every dead letter is replayed."
+            "Put chosen dead letters back in the queue they failed in, as first attempts "
+            "(without x-retry-attempt and the headers of their failure). On RabbitMQ each "
+            "is removed from the DLQ only after the broker confirmed its copy; on Redis the "
+            "copy is added and the dead letter removed in one atomic step. Choose with --id, "
+            "--reason-match or --limit; replaying every dead letter needs --all."
         ),
     )
     common(replay)
@@ -66,7 +130,16 @@ def add_dlq_command(subparsers: Any) -> None:
     replay.add_argument("--reason-match", metavar="REGEX", help="only reasons matching REGEX")
     replay.add_argument("--limit", type=int, metavar="N", help="at most N messages")
     replay.add_argument("--rate", type=float, metavar="PER_S", help="at most PER_S per second")
-    replay.add_argument("--dry-run", action="store_true", help="show what would be replayed")
+    replay.add_argument(
+        "--dry-run", action="store_true", help="show what would be replayed, and why each failed"
+    )
+    replay.add_argument(
+        "--all",
+        "--yes",
+        dest="all",
+        action="store_true",
+        help="yes, replay every dead letter (needed without --id, --reason-match, --limit)",
+    )
     replay.set_defaults(handler=_replay)
 
     purge = actions.add_parser("purge", help="delete every dead letter (needs --yes)")
@@ -75,14 +148,45 @@ def add_dlq_command(subparsers: Any) -> None:
     purge.set_defaults(handler=_purge)
 
 
-def _run(args: argparse.Namespace, action: Callable[[DeadLetterQueue], Awaitable[int]]) -> int:
+def _open(url: str, args: argparse.Namespace) -> DeadLetters:
+    """The dead letters of `args.queue` on the broker `url` names by its scheme."""
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme in ("amqp", "amqps"):
+        if args.key_prefix is not None:
+            raise CommandLineError("--key-prefix is for Redis URLs; on RabbitMQ use --dlq NAME")
+        from ..backends.rabbitmq.dlq import DeadLetterQueue as RabbitMQDeadLetters
+
+        return RabbitMQDeadLetters(url, args.queue, dead_letter_queue=args.dlq)
+    if scheme in ("redis", "rediss"):
+        if args.dlq is not None:
+            raise CommandLineError(
+                "--dlq is for RabbitMQ; on Redis the dead letters of QUEUE are the stream "
+                "PREFIX:{QUEUE}:dlq (give the prefix with --key-prefix)"
+            )
+        try:
+            # Imported on use: redis-py is an optional extra.
+            from ..backends.redis.dlq import DeadLetterQueue as RedisDeadLetters
+        except ImportError as exc:
+            raise CommandLineError(
+                f"redis:// needs redis-py, which is not installed ({exc}): "
+                "pip install 'foxwork[redis]'"
+            ) from None
+        options = {} if args.key_prefix is None else {"key_prefix": args.key_prefix}
+        return RedisDeadLetters(url, args.queue, **options)
+    named = f"URL scheme {scheme!r}" if scheme else "a URL without a scheme"
+    raise CommandLineError(f"{named} is not supported: use {_SUPPORTED}")
+
+
+def _run(args: argparse.Namespace, action: Callable[[DeadLetters], Awaitable[int]]) -> int:
     url = args.url or os.environ.get(ENV_URL)
     if not url:
-        raise CommandLineError(f"no broker URL: pass --url amqp://... or set ${ENV_URL}")
+        raise CommandLineError(
+            f"no broker URL: pass --url amqp://... or --url redis://..., or set ${ENV_URL}"
+        )
 
     async def main() -> int:
         try:
-            dlq = DeadLetterQueue(url, args.queue, dead_letter_queue=args.dlq)
+            dlq = _open(url, args)
             async with dlq:
                 return await action(dlq)
         except (BackendError, ConfigurationError) as exc:
@@ -116,21 +220,25 @@ def print_table(letters: list[DeadLetterInfo], out: TextIO) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    async def action(dlq: DeadLetterQueue) -> int:
+    async def action(dlq: DeadLetters) -> int:
         letters = await dlq.list(limit=args.limit)
+        # The true total, also when a limit cut the list short (at least those read: a
+        # pool may add dead letters meanwhile).
+        total = max(await dlq.count(), len(letters))
         if args.json:
             for letter in letters:
                 print(json.dumps(letter.summary()))
         else:
             print_table(letters, sys.stdout)
-            print(f"{len(letters)} dead letter(s) in {dlq.name}", file=sys.stderr)
+        shown = "" if len(letters) == total else f"showing {len(letters)} of "
+        print(f"{shown}{total} dead letter(s) in {dlq.name}", file=sys.stderr)
         return 0
 
     return _run(args, action)
 
 
 def _show(args: argparse.Namespace) -> int:
-    async def action(dlq: DeadLetterQueue) -> int:
+    async def action(dlq: DeadLetters) -> int:
         letter = await dlq.show(args.id)
         if letter is None:
             raise CommandLineError(f"no dead letter with id {args.id!r} in {dlq.name}")
@@ -168,22 +276,38 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _progress(done: int, total: int) -> None:
-    """A progress bar of the dead letters read, redrawn in place (the line is ended once
-    the replay returns: with a limit it may end before the bar is full)."""
-    width = 30
-    filled = width * done // max(total, 1)
-    print(
-        f"\rreplaying [{'#' * filled}{'.' * (width - filled)}] {done}/{total}",
-        end="",
-        file=sys.stderr,
-        flush=True,
-    )
+class _Progress:
+    """One line on a terminal, redrawn in place (at most every `_PROGRESS_INTERVAL` s):
+    the dead letters read of those there at the start. The summary overwrites it."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._drawn = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self._drawn < _PROGRESS_INTERVAL and done < total:
+            return
+        self._drawn = now
+        width = 30
+        filled = width * done // max(total, 1)
+        bar = f"[{'#' * filled}{'.' * (width - filled)}]"
+        print(f"\rreplaying {bar} {done}/{total}", end="", file=self._out, flush=True)
+
+    def clear(self) -> None:
+        if self._drawn:
+            print("\r\033[K", end="", file=self._out, flush=True)
 
 
 def _replay(args: argparse.Namespace) -> int:
-    async def action(dlq: DeadLetterQueue) -> int:
-        show_progress = not args.dry_run and sys.stderr.isatty()
+    if not (args.ids or args.reason_match or args.limit or args.all or args.dry_run):
+        raise CommandLineError(
+            f"replay without --id, --reason-match or --limit puts every dead letter of "
+            f"{args.queue!r} back in its queue: add --all to confirm (or --dry-run to see them)"
+        )
+
+    async def action(dlq: DeadLetters) -> int:
+        progress = _Progress(sys.stdout) if not args.dry_run and sys.stdout.isatty() else None
         try:
             result = await dlq.replay(
                 ids=args.ids,
@@ -191,21 +315,16 @@ def _replay(args: argparse.Namespace) -> int:
                 limit=args.limit,
                 rate=args.rate,
                 dry_run=args.dry_run,
-                on_progress=_progress if show_progress else None,
+                on_progress=progress,
             )
         finally:
-            if show_progress:
-                print(file=sys.stderr)
-        verb = "would replay" if result.dry_run else "replayed"
-        for message_id in result.replayed:
-            print(f"{verb} {message_id or '-'}")
-        for message_id in result.failed:
-            print(f"NOT replayed (copy not confirmed; still in the DLQ) {message_id or '-'}")
-        print(
-            f"{verb} {len(result.replayed)}, failed {len(result.failed)}, "
-            f"left alone {result.skipped}",
-            file=sys.stderr,
-        )
+            if progress is not None:
+                progress.clear()
+        if result.dry_run:
+            for message_id in result.replayed:
+                reason = _cut(result.reasons.get(message_id, ""), _REASON_WIDTH * 2)
+                print(f"would replay {message_id or '-'}: {reason}")
+        print(summary(result))
         if result.stopped:
             print(
                 f"replay stopped early: {redact(result.stopped)}; every dead letter not "
@@ -217,13 +336,24 @@ def _replay(args: argparse.Namespace) -> int:
     return _run(args, action)
 
 
+def summary(result: ReplayResult) -> str:
+    """The one line `foxwork dlq replay` ends with."""
+    verb = "would replay" if result.dry_run else "replayed"
+    line = f"{verb} {len(result.replayed)}, failed {len(result.failed)}"
+    if result.failed:
+        named = ", ".join(i or "-" for i in result.failed[:_NAMED_FAILURES])
+        more = len(result.failed) - _NAMED_FAILURES
+        line += f" (still in the DLQ: {named}{f' and {more} more' if more > 0 else ''})"
+    return f"{line}, left alone {result.skipped}"
+
+
 def _purge(args: argparse.Namespace) -> int:
     if not args.yes:
         raise CommandLineError(
             f"purge deletes every dead letter of {args.queue!r}: add --yes to confirm"
         )
 
-    async def action(dlq: DeadLetterQueue) -> int:
+    async def action(dlq: DeadLetters) -> int:
         count = await dlq.purge()
         print(f"purged {count} dead letter(s) from {dlq.name}")
         return 0

@@ -156,6 +156,20 @@ async def test_list_shows_every_dead_letter_with_its_reason_exception_attempt_an
     await probe.wait_for_ready(shop.dlq, len(BROKEN_IDS))
 
 
+async def test_list_with_a_limit_shows_that_many_and_reports_the_true_total(
+    shop: Shop, probe: RabbitProbe
+) -> None:
+    # Given a DLQ with five dead letters
+    # When a user lists only the first one
+    result = await dlq("list", shop.queue, "--limit", "1", url=shop.url)
+
+    # Then one row is shown, and the count says how many there are in all
+    assert result.code == 0, result.output
+    assert len(table_rows(result.stdout)) == 1
+    assert f"showing 1 of 5 dead letter(s) in {shop.dlq}" in result.stderr
+    await probe.wait_for_ready(shop.dlq, len(BROKEN_IDS))
+
+
 async def test_list_json_gives_one_parseable_object_per_dead_letter_and_consumes_nothing(
     shop: Shop, probe: RabbitProbe
 ) -> None:
@@ -232,10 +246,13 @@ async def test_replay_dry_run_with_a_reason_match_names_the_matches_and_changes_
         url=shop.url,
     )
 
-    # Then the timeouts are named, and the others left alone
+    # Then the timeouts are named with their reasons, then one summary line
     assert result.code == 0, result.output
-    assert sorted(result.stdout.splitlines()) == [f"would replay {i}" for i in TIMEOUT_IDS]
-    assert "would replay 2, failed 0, left alone 3" in result.stderr
+    *named, last = result.stdout.splitlines()
+    assert sorted(named) == [
+        f"would replay {i}: upstream timeout while pricing {i}" for i in TIMEOUT_IDS
+    ]
+    assert last == "would replay 2, failed 0, left alone 3"
     # and nothing moved: all five are in the DLQ, none in the queue
     await probe.wait_for_ready(shop.dlq, len(BROKEN_IDS))
     assert await probe.ready(shop.queue) == 0
@@ -252,7 +269,7 @@ async def test_replay_of_one_id_puts_only_that_message_back_as_a_first_attempt(
 
     # Then "sku-2" is back in its queue, and the four others are still dead letters
     assert result.code == 0, result.output
-    assert result.stdout.splitlines() == ["replayed sku-2"]
+    assert result.stdout.splitlines() == ["replayed 1, failed 0, left alone 4"]
     await probe.wait_for_ready(shop.dlq, len(BROKEN_IDS) - 1)
     [copy] = await probe.take(shop.queue)
     assert copy.message_id == "sku-2"
@@ -273,11 +290,11 @@ async def test_replay_after_a_fix_processes_every_dead_letter_exactly_once(
 
     # When the bug is fixed and a user replays every dead letter
     shop.broken = False
-    result = await dlq("replay", shop.queue, url=shop.url)
+    result = await dlq("replay", shop.queue, "--all", url=shop.url)
 
-    # Then each is processed by the running pool
+    # Then the command says so in one line, and each is processed by the running pool
     assert result.code == 0, result.output
-    assert sorted(result.stdout.splitlines()) == sorted(f"replayed {i}" for i in BROKEN_IDS)
+    assert result.stdout.splitlines() == ["replayed 5, failed 0, left alone 0"]
     await shop.worker.wait_processed(*BROKEN_IDS)
     # and the DLQ is empty
     await probe.wait_for_ready(shop.dlq, 0)
@@ -315,17 +332,14 @@ async def test_replay_goes_on_past_a_copy_the_broker_refuses_and_names_it(
         with max_message_size(rabbitmq_node, SMALL_MAX_MESSAGE_SIZE):
             # When a user replays them all (the broker closes the publishing channel on the
             # big copy)
-            result = await dlq("replay", queue_name, url=rabbitmq_url)
+            result = await dlq("replay", queue_name, "--all", url=rabbitmq_url)
 
         # Then the others are replayed, the big one is named as still in the DLQ, the
         # command exits 1, and there is no traceback
         assert result.code == 1, result.output
         assert result.stdout.splitlines() == [
-            "replayed ok-1",
-            "replayed ok-2",
-            "NOT replayed (copy not confirmed; still in the DLQ) big-1",
+            "replayed 2, failed 1 (still in the DLQ: big-1), left alone 0"
         ]
-        assert "replayed 2, failed 1, left alone 0" in result.stderr
         assert "Traceback" not in result.output
         assert [m.message_id for m in await probe.take(queue_name)] == ["ok-1", "ok-2"]
         assert [m.message_id for m in await probe.take(dead_letters)] == ["big-1"]
@@ -365,7 +379,7 @@ async def test_purge_with_yes_empties_the_dlq(shop: Shop, probe: RabbitProbe) ->
 
 @pytest.mark.parametrize(
     "action",
-    [["list"], ["show", "X"], ["replay"], ["replay", "--dry-run"], ["purge", "--yes"]],
+    [["list"], ["show", "X"], ["replay", "--all"], ["replay", "--dry-run"], ["purge", "--yes"]],
     ids=lambda action: " ".join(action),
 )
 async def test_an_unknown_queue_exits_2_with_a_clear_message(
@@ -381,7 +395,9 @@ async def test_an_unknown_queue_exits_2_with_a_clear_message(
     assert "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("action", [["list"], ["show", "X"], ["replay"], ["purge", "--yes"]])
+@pytest.mark.parametrize(
+    "action", [["list"], ["show", "X"], ["replay", "--all"], ["purge", "--yes"]]
+)
 async def test_without_a_url_the_command_exits_2_and_says_how_to_give_one(
     queue_name: str, action: list[str]
 ) -> None:
@@ -391,7 +407,10 @@ async def test_without_a_url_the_command_exits_2_and_says_how_to_give_one(
 
     # Then it fails as a usage error that says how to give the URL
     assert result.code == 2
-    assert "no broker URL: pass --url amqp://... or set $FOXWORK_URL" in result.stderr
+    assert (
+        "no broker URL: pass --url amqp://... or --url redis://..., or set $FOXWORK_URL"
+        in result.stderr
+    )
 
 
 async def test_a_wrong_password_exits_2_without_showing_it(

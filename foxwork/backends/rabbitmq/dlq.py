@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection
 from types import TracebackType
 
@@ -36,13 +35,13 @@ from aio_pika.abc import (
 from aiolimiter import AsyncLimiter
 
 from ..._redact import redact_url
-from ...deadletter import DeadLetterInfo, describe
+from ...deadletter import DeadLetterInfo, ReplayResult, describe, replay_choice
 from ...errors import ConfigurationError, ConnectionLost
 from ._io import TRANSPORT_ERRORS, mapped
 from .config import RabbitMQConsumerConfig
 from .connection import connect_first
 from .convert import connection_user
-from .replay import Replay, ReplayResult
+from .replay import Replay
 
 logger = logging.getLogger("foxwork.dlq")
 
@@ -290,23 +289,7 @@ class DeadLetterQueue:
                 after each dead letter read; a replay that reaches `limit` ends before the
                 first number reaches the second.
         """
-        try:
-            pattern = re.compile(reason_match) if reason_match else None
-        except re.error as exc:
-            raise ConfigurationError(
-                f"reason_match={reason_match!r} is not a valid regex: {exc}"
-            ) from exc
-        if rate is not None and rate <= 0:
-            raise ConfigurationError(f"rate={rate!r} must be a positive number per second")
-        if limit is not None and limit < 1:
-            raise ConfigurationError(f"limit={limit!r} must be at least 1")
-        wanted = set(ids) if ids else None
-
-        def chosen(letter: DeadLetterInfo) -> bool:
-            return (wanted is None or letter.id in wanted) and (
-                pattern is None or pattern.search(letter.reason) is not None
-            )
-
+        chosen = replay_choice(ids=ids, reason_match=reason_match, limit=limit, rate=rate)
         run = Replay(
             self,
             chosen=chosen,

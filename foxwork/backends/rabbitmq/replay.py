@@ -7,7 +7,6 @@ in both, never in neither.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import enum
 import logging
 import time
@@ -18,26 +17,19 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aiolimiter import AsyncLimiter
 
-from ... import wire
+from ...deadletter import REPLAY_DROPPED_HEADERS, ReplayResult
 from ...errors import ConnectionLost
 from ._io import TRANSPORT_ERRORS
 from .convert import copyable_user_id
 
 if TYPE_CHECKING:
-    from .dlq import DeadLetterInfo, DeadLetterQueue
+    from ...deadletter import DeadLetterInfo
+    from .dlq import DeadLetterQueue
 
 __all__ = ["Replay", "ReplayResult"]
 
 logger = logging.getLogger("foxwork.dlq")
 
-#: Headers foxwork and the broker add to a dead letter, and the counts of its attempts and
-#: deliveries: a replayed copy drops them, it starts afresh.
-_DIAGNOSTIC_HEADERS = (
-    wire.RETRY_ATTEMPT,
-    wire.REDELIVERY_COUNT,
-    *wire.DEAD_LETTER_HEADERS,
-    *wire.BROKER_HEADERS,
-)
 #: Seconds a replay keeps the dead letters it passed over checked out while it waits on
 #: the rate limit; past that it hands them back before waiting. Well inside RabbitMQ's
 #: acknowledgement timeout (30 minutes by default), which would close the channel.
@@ -47,27 +39,6 @@ _HOLD_LIMIT = 300.0
 _MAX_FRUITLESS_PASSES = 3
 #: Seconds a replay waits for the broker to confirm one copy.
 _CONFIRM_TIMEOUT = 10.0
-
-
-@dataclasses.dataclass(frozen=True)
-class ReplayResult:
-    """What `replay()` did.
-
-    Attributes:
-        replayed: ids replayed (or that would be, in a dry run), in DLQ order.
-        failed: ids whose copy was not confirmed: they stay in the DLQ.
-        skipped: how many of the dead letters there at the start were left alone (not
-            chosen, beyond the limit, or not read).
-        dry_run: nothing was changed.
-        stopped: why the replay stopped before it was done ("" when it did not stop
-            early); every dead letter not replayed is still in the DLQ.
-    """
-
-    replayed: list[str]
-    failed: list[str]
-    skipped: int
-    dry_run: bool
-    stopped: str = ""
 
 
 class _PassEnd(enum.Enum):
@@ -112,6 +83,7 @@ class Replay:
         self._publisher: AbstractChannel | None = None
         self._replayed: list[str] = []
         self._failed: list[str] = []
+        self._reasons: dict[str, str] = {}
         #: Dead letters at the head of the DLQ this run left there, in order.
         self._passed = 0
         #: Dead letters this run removed (their copies confirmed).
@@ -166,6 +138,7 @@ class Replay:
             skipped=max(total - len(self._replayed) - len(self._failed), 0),
             dry_run=self._dry_run,
             stopped=self._stopped,
+            reasons=self._reasons,
         )
 
     async def _pass(self) -> _PassEnd:
@@ -214,11 +187,13 @@ class Replay:
             if not self._chosen(letter) or self._dry_run:
                 if self._dry_run and self._chosen(letter):
                     self._replayed.append(letter.id)
+                    self._reasons[letter.id] = letter.reason
                 self._passed += 1
             elif not await self._wait_for_slot(held_since):
                 return _PassEnd.RELEASED
             elif await self._replay_one(message, letter):
                 self._replayed.append(letter.id)
+                self._reasons[letter.id] = letter.reason
                 # The copy is confirmed: only now does the dead letter go. Should the
                 # channel be gone, the dead letter is back in the DLQ, right after the ones
                 # passed over, and the next pass removes it.
@@ -228,6 +203,7 @@ class Replay:
                 self._removed += 1
             else:
                 self._failed.append(letter.id)
+                self._reasons[letter.id] = letter.reason
                 self._passed += 1
             if self._on_progress is not None:
                 self._on_progress(self._read, self._total)
@@ -258,7 +234,7 @@ class Replay:
         return self._publisher
 
     async def _replay_one(self, message: AbstractIncomingMessage, letter: DeadLetterInfo) -> bool:
-        headers = {k: v for k, v in letter.headers.items() if k not in _DIAGNOSTIC_HEADERS}
+        headers = {k: v for k, v in letter.headers.items() if k not in REPLAY_DROPPED_HEADERS}
         copy = aio_pika.Message(
             message.body,
             headers=headers,
