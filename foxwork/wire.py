@@ -14,10 +14,12 @@ Other tools read these names, so they live here and nowhere else. For a queue `Q
 from __future__ import annotations
 
 import math
+import traceback
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from ._redact import redact
 from .errors import PoisonMessage
 
 #: Header on every retried copy: how many attempts have failed so far.
@@ -59,6 +61,11 @@ EXCEPTION_TYPE = "x-exception-type"
 FINAL_ATTEMPT = "x-final-attempt"
 #: When the message was dead-lettered, ISO 8601 in UTC.
 FAILED_AT = "x-failed-at"
+#: The traceback of the exception that ended the message (chained exceptions included),
+#: URLs redacted, cut to its last `MAX_EXCEPTION_TRACEBACK` bytes (the innermost frames and
+#: the exception itself). Absent when the message was dead-lettered for a reason that is no
+#: raised exception. Set in addition to `DEAD_LETTER_HEADERS`.
+EXCEPTION_TRACEBACK = "x-exception-traceback"
 
 #: The headers foxwork sets on a dead letter, in the order DESIGN.md lists them.
 DEAD_LETTER_HEADERS = (
@@ -73,6 +80,8 @@ DEAD_LETTER_HEADERS = (
 
 #: Longest `x-failure-reason`, in characters.
 MAX_FAILURE_REASON = 1024
+#: Longest `x-exception-traceback`, in bytes of UTF-8 (4 KiB).
+MAX_EXCEPTION_TRACEBACK = 4096
 #: Bodies larger than this are dead-lettered unread (bytes; 8 MiB).
 DEFAULT_MAX_BODY_SIZE = 8 * 1024 * 1024
 #: Largest `x-retry-attempt` accepted; larger values are poison (no real message fails so often).
@@ -188,6 +197,24 @@ def failure_reason(exc: BaseException | str) -> str:
     return text
 
 
+def exception_traceback(exc: BaseException) -> str | None:
+    """The `x-exception-traceback` for an exception, or None when it was never raised.
+
+    At most `MAX_EXCEPTION_TRACEBACK` bytes: a longer traceback keeps its end (the
+    innermost frames and the exception line), after a first line saying how much was cut.
+    """
+    if exc.__traceback__ is None:
+        return None
+    text = redact("".join(traceback.format_exception(exc)))
+    data = text.encode("utf-8")
+    if len(data) <= MAX_EXCEPTION_TRACEBACK:
+        return text
+    # The marker's own length depends on the count; 40 bytes hold it for any count.
+    kept = data[len(data) - (MAX_EXCEPTION_TRACEBACK - 40) :].decode("utf-8", "ignore")
+    cut = len(data) - len(kept.encode("utf-8"))
+    return f"[... {cut} bytes cut ...]\n{kept}"
+
+
 def dead_letter_headers(
     original_headers: Mapping[str, Any],
     *,
@@ -207,6 +234,13 @@ def dead_letter_headers(
     headers[EXCEPTION_TYPE] = "" if isinstance(reason, str) else exception_type_name(reason)
     headers[FINAL_ATTEMPT] = final_attempt
     headers[FAILED_AT] = (failed_at or datetime.now(UTC)).isoformat()
+    trace = None if isinstance(reason, str) else exception_traceback(reason)
+    if trace is None:
+        # A copy of a dead letter (replayed, then dead-lettered again) must not keep the
+        # traceback of its earlier failure.
+        headers.pop(EXCEPTION_TRACEBACK, None)
+    else:
+        headers[EXCEPTION_TRACEBACK] = trace
     return headers
 
 
