@@ -27,7 +27,8 @@ from ..errors import ConfigurationError, ConnectionLost, PublishNotConfirmed
 from ..message import Message, MessageProperties
 from .base import Backend, Consumer, Intake, copy_properties, retry_properties
 
-__all__ = ["MemoryBackend", "RetryClock", "ScheduledRetry", "StoredMessage"]
+# RetryClock and ScheduledRetry are for tests: foxwork.testing exports them.
+__all__ = ["MemoryBackend", "StoredMessage"]
 
 logger = logging.getLogger("foxwork.backends.memory")
 

@@ -17,13 +17,14 @@ Example:
             assert harness.processed("orders")[0].payload == {"sku": "A-1", "qty": 2}
 """
 
-from ..backends.memory import ScheduledRetry, StoredMessage
+from ..backends.memory import RetryClock, ScheduledRetry, StoredMessage
 from ._clock import VirtualClock
 from .harness import DEFAULT_TIMEOUT, Failure, TestHarness, fresh_pool
 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "Failure",
+    "RetryClock",
     "ScheduledRetry",
     "StoredMessage",
     "TestHarness",

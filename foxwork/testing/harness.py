@@ -233,11 +233,13 @@ class TestHarness:
         self._reported: set[int] = set()
         self._in_flight = 0
         self._declare = tuple(declare)
-        self._queues = tuple(queues)
-        #: The running copies, in the order of the target's pools.
-        self.pools: tuple[WorkerPool, ...] = tuple(
-            self._copy(pool, workers, middleware) for pool in originals
+        # Each copy with the queues it consumes (an App names them per pool).
+        self._bindings = tuple(
+            (self._copy(pool, workers, middleware), tuple(names or pool.queues or queues))
+            for pool, names in originals
         )
+        #: The running copies, in the order of the target's pools.
+        self.pools: tuple[WorkerPool, ...] = tuple(pool for pool, _ in self._bindings)
 
     def __repr__(self) -> str:
         return f"<TestHarness queues={list(self.queues)} time={self.clock.time():g}>"
@@ -262,8 +264,8 @@ class TestHarness:
     def queues(self) -> tuple[str, ...]:
         """The queues the harness's pools consume."""
         names: dict[str, None] = {}
-        for pool in self.pools:
-            for name in pool.queues or self._queues:
+        for _, queues in self._bindings:
+            for name in queues:
                 names[name] = None
         return tuple(names)
 
@@ -274,8 +276,8 @@ class TestHarness:
         try:
             for name in self._declare:
                 await self.backend.declare(name)
-            for pool in self.pools:
-                await pool.start(self.backend, queues=pool.queues or self._queues or None)
+            for pool, queues in self._bindings:
+                await pool.start(self.backend, queues=queues or None)
         except BaseException:
             await self._stop()
             raise
@@ -475,17 +477,18 @@ class TestHarness:
         return self.backend.messages(queue)
 
 
-def _pools_of(target: object) -> tuple[WorkerPool, ...]:
+def _pools_of(target: object) -> tuple[tuple[WorkerPool, tuple[str, ...]], ...]:
+    """The pools of `target`, each with the queues it consumes (empty: the pool's own)."""
     if isinstance(target, WorkerPool):
-        return (target,)
-    pools = getattr(target, "pools", target)
-    if isinstance(pools, Mapping):
-        pools = list(pools.values())
-    if isinstance(pools, Sequence) and not isinstance(pools, str | bytes):
-        found = tuple(pools)
-        if found and all(isinstance(p, WorkerPool) for p in found):
-            return found
-    raise ConfigurationError(
-        f"TestHarness({target!r}): pass a WorkerPool, a list of pools, or an application "
-        "with a `pools` attribute"
-    )
+        return ((target, ()),)
+    bindings = getattr(target, "bindings", None)
+    if bindings is not None:  # an App: its pools with the queues it gave each
+        found = tuple((b.pool, tuple(b.queues)) for b in bindings)
+    else:
+        pools = getattr(target, "pools", target)
+        found = tuple((p, ()) for p in pools) if isinstance(pools, Sequence) else ()
+    if not found or not all(isinstance(pool, WorkerPool) for pool, _ in found):
+        raise ConfigurationError(
+            f"TestHarness({target!r}): pass a WorkerPool, a list of pools, or an App"
+        )
+    return found
