@@ -1,5 +1,6 @@
 """foxwork: an asyncio framework for RabbitMQ consumers that never lose a message."""
 
+from .app import App
 from .builder import WorkerPoolBuilder
 from .errors import (
     BackendError,
@@ -19,6 +20,7 @@ from .errors import (
 from .message import Message, MessageProperties, SettleState
 from .pool import PoolState, ShutdownReport, WorkerPool
 from .publisher import OutboundMessage, Publisher, PublishOutcome, PublishReceipt
+from .settings import Settings
 from .spool import SpoolConfig, SpoolFull, SpoolLocked
 from .strategies import LoadBalancingStrategy
 from .telemetry import names as _telemetry_names
@@ -30,6 +32,7 @@ from .worker import Worker
 __version__: str = _telemetry_names.VERSION
 
 __all__ = [
+    "App",
     "BackendError",
     "ConfigurationError",
     "ConnectionLost",
@@ -49,6 +52,7 @@ __all__ = [
     "PublishReceipt",
     "Publisher",
     "RetryLater",
+    "Settings",
     "SettleState",
     "ShutdownReport",
     "SpoolConfig",

@@ -9,7 +9,11 @@ it needs no web framework and runs on the pool's own event loop:
   the JSON body. Take a replica out of a load balancer or a rollout on it, not out of the
   cluster: a worker reconnecting to the broker is not ready, but it is alive.
 - `GET /metrics`: the OpenTelemetry metrics of a `PrometheusReader`, in the Prometheus
-  text format (0.0.4); 404 when the server has no reader.
+  text format (0.0.4); 404 when the server has no reader. Without the OpenTelemetry SDK
+  (`foxwork[otel]`), `PoolCounters` serves the pools' own counters instead.
+
+The server reports one `WorkerPool`, or an `App` of several: then `/health` lists every pool
+and `/ready` is 200 only while every pool consumes every one of its queues.
 
 JSON bodies are built from `WorkerPool.health()`, which never holds secrets.
 
@@ -45,15 +49,35 @@ import json
 import logging
 import math
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._checks import is_count, is_int, is_number
+from .app import App
 from .errors import ConfigurationError
 from .pool import WorkerPool
-from .telemetry.prometheus import PROMETHEUS_CONTENT_TYPE, PrometheusReader, render_prometheus
 
-# PrometheusReader and render_prometheus are defined in foxwork.telemetry.prometheus.
-__all__ = ["HealthServer", "PrometheusReader", "readiness", "render_prometheus"]
+if TYPE_CHECKING:
+    from .telemetry.prometheus import PrometheusReader, render_prometheus
+
+# PrometheusReader and render_prometheus are defined in foxwork.telemetry.prometheus, which
+# needs the OpenTelemetry SDK: they are imported from there when first asked for.
+__all__ = [
+    "HealthServer",
+    "MetricsSource",
+    "PoolCounters",
+    "PrometheusReader",
+    "readiness",
+    "render_prometheus",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("PrometheusReader", "render_prometheus"):
+        from .telemetry import prometheus
+
+        return getattr(prometheus, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 logger = logging.getLogger("foxwork.http")
 
@@ -69,6 +93,18 @@ DEFAULT_MAX_CONNECTIONS = 64
 MAX_LINE = 8192
 #: Most header lines accepted in one request.
 MAX_HEADERS = 100
+#: Content type of the Prometheus text exposition format (as in `foxwork.telemetry.prometheus`,
+#: which needs the SDK).
+_PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class MetricsSource(Protocol):
+    """What `/metrics` serves: a `PrometheusReader`, or `PoolCounters`."""
+
+    def render(self) -> str:
+        """The Prometheus text exposition (0.0.4)."""
+        ...
+
 
 _REASONS = {
     200: "OK",
@@ -98,11 +134,52 @@ def readiness(health: dict[str, Any]) -> list[str]:
     return reasons
 
 
+class PoolCounters:
+    """`/metrics` without the OpenTelemetry SDK: the counters every pool keeps itself
+    (`WorkerPool.health()`), in the Prometheus text format. Install `foxwork[otel]` for
+    every foxwork metric (durations, retries, dead letters, circuit states, ...).
+
+    Families (each with a `pool` label): `foxwork_pool_messages_received_total`,
+    `foxwork_pool_messages_processed_total`, `foxwork_pool_messages_failed_total`,
+    `foxwork_pool_messages_in_flight`, and `foxwork_pool_backend_connected` (1 or 0).
+    """
+
+    _FAMILIES = (
+        ("messages_received_total", "counter", "received", "messages taken from the broker"),
+        ("messages_processed_total", "counter", "processed", "messages processed without error"),
+        ("messages_failed_total", "counter", "failed", "messages whose processing failed"),
+        ("messages_in_flight", "gauge", "in_flight", "messages being processed now"),
+    )
+
+    def __init__(self, target: WorkerPool | App) -> None:
+        self.target = target
+
+    def render(self) -> str:
+        pools = self.target.pools if isinstance(self.target, App) else (self.target,)
+        healths = [pool.health() for pool in pools]
+        lines = []
+        for suffix, kind, key, help_text in self._FAMILIES:
+            name = f"foxwork_pool_{suffix}"
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+            lines += [f'{name}{{pool="{_label(h["name"])}"}} {h[key]}' for h in healths]
+        name = "foxwork_pool_backend_connected"
+        lines += [f"# HELP {name} 1 while the backend is connected", f"# TYPE {name} gauge"]
+        for health in healths:
+            connected = int(bool((health.get("backend") or {}).get("connected")))
+            lines.append(f'{name}{{pool="{_label(health["name"])}"}} {connected}')
+        return "\n".join(lines) + "\n"
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 class HealthServer:
-    """Serves `/health`, `/ready` and `/metrics` for a pool (see the module docstring).
+    """Serves `/health`, `/ready` and `/metrics` for a pool or an `App` (see the module
+    docstring).
 
     Args:
-        pool: the pool whose health it reports.
+        pool: the pool (or App) whose health it reports.
         host: the interface to listen on; the default is loopback only.
         port: the port; 0 picks a free one.
         metrics: the reader behind `/metrics`; without one `/metrics` answers 404.
@@ -118,16 +195,18 @@ class HealthServer:
 
     def __init__(
         self,
-        pool: WorkerPool,
+        pool: WorkerPool | App,
         *,
         host: str = DEFAULT_HOST,
         port: int = DEFAULT_PORT,
-        metrics: PrometheusReader | None = None,
+        metrics: MetricsSource | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         timeout: float = REQUEST_TIMEOUT,
     ) -> None:
-        if not isinstance(pool, WorkerPool):
-            raise ConfigurationError(f"HealthServer(pool={pool!r}): pass a foxwork WorkerPool")
+        if not isinstance(pool, WorkerPool | App):
+            raise ConfigurationError(
+                f"HealthServer(pool={pool!r}): pass a foxwork WorkerPool or App"
+            )
         if not isinstance(host, str) or not host:
             raise ConfigurationError(
                 f"HealthServer(host={host!r}): pass an interface such as '127.0.0.1' "
@@ -137,7 +216,7 @@ class HealthServer:
             raise ConfigurationError(
                 f"HealthServer(port={port!r}): pass a port from 1 to 65535, or 0 for any free port"
             )
-        if metrics is not None and not isinstance(metrics, PrometheusReader):
+        if metrics is not None and not callable(getattr(metrics, "render", None)):
             raise ConfigurationError(
                 f"HealthServer(metrics={metrics!r}): pass the PrometheusReader given to "
                 "the MeterProvider, or None to serve no /metrics"
@@ -163,7 +242,8 @@ class HealthServer:
 
     def __repr__(self) -> str:
         state = "serving" if self._server is not None else "stopped"
-        return f"<HealthServer {state} on {self.host}:{self.port} pool={self.pool.name!r}>"
+        kind = "app" if isinstance(self.pool, App) else "pool"
+        return f"<HealthServer {state} on {self.host}:{self.port} {kind}={self.pool.name!r}>"
 
     @property
     def port(self) -> int:
@@ -267,17 +347,19 @@ class HealthServer:
             return _json(404, {"error": f"no route {route}; try /health, /ready or /metrics"})
         if method not in ("GET", "HEAD"):
             return _json(405, {"error": f"{method} not allowed; use GET"})
+        target = self.pool
+        key = "app" if isinstance(target, App) else "pool"
         if route == "/health":
-            return _json(200, {"status": "alive", "pool": self.pool.health()})
+            return _json(200, {"status": "alive", key: target.health()})
         if route == "/ready":
-            health = self.pool.health()
-            reasons = readiness(health)
+            health = target.health()
+            reasons = target.readiness() if isinstance(target, App) else readiness(health)
             if reasons:
-                return _json(503, {"status": "not ready", "reasons": reasons, "pool": health})
-            return _json(200, {"status": "ready", "reasons": [], "pool": health})
+                return _json(503, {"status": "not ready", "reasons": reasons, key: health})
+            return _json(200, {"status": "ready", "reasons": [], key: health})
         if self.metrics is None:
             return _json(404, {"error": "metrics are not configured on this server"})
-        return 200, PROMETHEUS_CONTENT_TYPE, self.metrics.render().encode()
+        return 200, _PROMETHEUS_TEXT, self.metrics.render().encode()
 
 
 async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str]:

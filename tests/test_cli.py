@@ -341,7 +341,7 @@ def test_invalid_arguments_exit_2_with_usage(args: list[str]):
 def test_run_on_the_memory_backend_stops_gracefully_on_sigterm(foxwork_process: Any):
     # Given `foxwork run` serving a pool without a broker URL, with overrides
     process = foxwork_process(
-        "run", "tests.cli_app:pool", "--queue", "cli-other", "--concurrency", "3"
+        "run", "tests.cli_app:pool", "--memory", "--queue", "cli-other", "--concurrency", "3"
     )
     ready = process.wait_for_line("stop it with Ctrl-C")
     assert "consuming cli-other (concurrency 3, prefetch 3)" in ready
@@ -359,7 +359,7 @@ def test_run_on_the_memory_backend_stops_gracefully_on_sigterm(foxwork_process: 
 
 
 def test_run_leaves_the_heap_alone_when_told(foxwork_process: Any):
-    process = foxwork_process("run", "tests.cli_app:pool", "--no-gc-freeze")
+    process = foxwork_process("run", "tests.cli_app:pool", "--memory", "--no-gc-freeze")
     process.wait_for_line("stop it with Ctrl-C")
     process.send_signal(signal.SIGTERM)
     code, output = process.finish()
@@ -373,7 +373,7 @@ def test_run_leaves_the_heap_alone_when_told(foxwork_process: Any):
 def test_run_on_uvloop_serves_and_stops_gracefully(foxwork_process: Any):
     pytest.importorskip("uvloop")
     # Given `foxwork run --loop uvloop`
-    process = foxwork_process("run", "tests.cli_app:pool", "--loop", "uvloop")
+    process = foxwork_process("run", "tests.cli_app:pool", "--memory", "--loop", "uvloop")
     process.wait_for_line("stop it with Ctrl-C")
     # When it gets SIGTERM
     process.send_signal(signal.SIGTERM)
@@ -563,7 +563,7 @@ async def test_a_stop_request_while_worker_processes_start_stops_every_one(
     try:
         # When it runs
         async with asyncio.timeout(PROCESS_TIMEOUT):
-            code = await supervisor.supervise(["run", "tests.cli_app:pool"], 3)
+            code = await supervisor.supervise(["run", "tests.cli_app:pool", "--memory"], 3)
     finally:
         leftover = [process for process in created if process.returncode is None]
         for process in leftover:

@@ -1,5 +1,6 @@
-"""`foxwork run MODULE:ATTR`: load a pool, pick its backend and event loop, and serve it
-(in this process, or in N supervised ones)."""
+"""`foxwork run MODULE:ATTR`: load a pool or an App, settle its settings (flags over
+`$FOXWORK_*` over code), pick its backend and event loop, and serve it (in this process, or
+in N supervised ones)."""
 
 from __future__ import annotations
 
@@ -7,26 +8,26 @@ import argparse
 import asyncio
 import importlib
 import inspect
+import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from opentelemetry import metrics
-from opentelemetry.sdk.metrics import MeterProvider
 
-from .._redact import redact_url
+from ..app import URL_SCHEMES, App, describe_broker
+from ..app import make_backend as app_backend
 from ..backends.base import Backend
-from ..backends.memory import MemoryBackend
-from ..backends.rabbitmq import RabbitMQBackend, RabbitMQConsumerConfig
-from ..backends.resilient import ResilientBackend
+from ..backends.rabbitmq.config import QueueType
 from ..errors import ConfigurationError
-from ..http import PrometheusReader
-from ..pool import DEFAULT_SHUTDOWN_TIMEOUT, PoolState, WorkerPool
+from ..http import MetricsSource, PoolCounters
+from ..pool import PoolState, WorkerPool
+from ..settings import Settings, env_var, resolve_settings
 from . import supervisor
 from .common import (
-    ENV_URL,
     CommandLineError,
     Subparsers,
     add_log_level,
@@ -40,6 +41,7 @@ __all__ = [
     "URL_SCHEMES",
     "add_run_command",
     "load_pool",
+    "load_target",
     "loop_factory",
     "make_backend",
     "run_on_loop",
@@ -53,40 +55,106 @@ EVENT_LOOPS = ("asyncio", "uvloop")
 T = TypeVar("T")
 
 
+class _DefaultLevel(str):
+    """The `--log-level` default: told apart from a level given on the command line, so
+    that `$FOXWORK_LOG_LEVEL` (or the App's) applies when the flag is absent."""
+
+    __slots__ = ()
+
+
 def add_run_command(subparsers: Subparsers) -> None:
-    """`foxwork run MODULE:ATTR`: serve a pool until SIGINT or SIGTERM."""
+    """`foxwork run MODULE:ATTR`: serve a pool or an App until SIGINT or SIGTERM."""
     parser = subparsers.add_parser(
         "run",
-        help="consume with a WorkerPool until SIGINT or SIGTERM",
+        help="consume with a WorkerPool or an App until SIGINT or SIGTERM",
         description=(
-            "Import a WorkerPool (or a function returning one) and run it. The first SIGINT "
-            "or SIGTERM shuts it down gracefully; a second one forces the exit."
+            "Import a WorkerPool or an App (or a function returning one) and run it. The "
+            "first SIGINT or SIGTERM shuts it down gracefully; a second one forces the exit. "
+            "Every setting can also come from a FOXWORK_* environment variable or from the "
+            "code (App(settings=...)); a flag wins over the environment, which wins over "
+            "the code."
         ),
     )
     parser.add_argument(
         "target",
         metavar="MODULE:ATTR",
-        help="where the pool is, e.g. myapp.workers:pool or myapp.workers:make_pool",
+        help="where the pool or App is, e.g. myapp.workers:pool or myapp.workers:make_app",
     )
     parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective settings (passwords hidden) and where each came from, "
+        "then exit without connecting",
+    )
+    broker = parser.add_argument_group("broker")
+    broker.add_argument(
         "--url",
+        action="append",
+        metavar="URL",
         help=(
             "URL of the broker: amqp:// or amqps:// for RabbitMQ, redis:// or rediss:// for "
-            f"Redis Streams (default: ${ENV_URL}; with neither, the pool runs on the in-memory "
-            "backend)"
+            "Redis Streams; repeat it for the nodes of a RabbitMQ cluster "
+            f"(${env_var('url')}: URLs separated by spaces or commas)"
         ),
+    )
+    broker.add_argument(
+        "--memory",
+        action="store_const",
+        const=True,
+        help="run on the in-memory backend instead of a broker (messages live only in this "
+        "process); without a URL and without --memory, foxwork run refuses to start",
+    )
+    broker.add_argument(
+        "--queue-type",
+        choices=[t.value for t in QueueType],
+        help="type of the queues foxwork declares (default: classic)",
+    )
+    broker.add_argument("--exchange", metavar="NAME", help="exchange to bind the queues to")
+    broker.add_argument(
+        "--exchange-type",
+        choices=["direct", "topic", "fanout", "headers"],
+        help="type of --exchange (default: topic)",
+    )
+    broker.add_argument(
+        "--binding-key",
+        dest="binding_keys",
+        action="append",
+        metavar="KEY",
+        help="routing key binding the queues to --exchange (repeatable; default: the queue name)",
+    )
+    broker.add_argument(
+        "--heartbeat", type=int, metavar="S", help="AMQP heartbeat in seconds (default: 10)"
+    )
+    broker.add_argument(
+        "--connection-name", metavar="NAME", help="connection name the broker shows"
+    )
+    broker.add_argument(
+        "--connect-timeout",
+        type=non_negative_float,
+        metavar="S",
+        help="seconds one connect attempt may take (default: 10)",
+    )
+    broker.add_argument("--tls-ca", type=Path, metavar="FILE", help="CA certificates (PEM)")
+    broker.add_argument("--tls-cert", type=Path, metavar="FILE", help="client certificate (PEM)")
+    broker.add_argument(
+        "--tls-key", type=Path, metavar="FILE", help="the client certificate's key (PEM)"
+    )
+    broker.add_argument(
+        "--wait-for-broker",
+        action="store_true",
+        help="keep retrying the first connection instead of exiting with code 2",
     )
     parser.add_argument(
         "--queue",
         action="append",
         metavar="Q",
-        help="a queue to consume (repeatable; default: the pool's queues)",
+        help="a queue to consume (repeatable; default: the pool's queues; not for an App)",
     )
     parser.add_argument(
         "--concurrency",
         type=positive_int,
         metavar="N",
-        help="messages processed at once (default: the pool's concurrency limit)",
+        help="messages each pool processes at once (default: the pool's concurrency limit)",
     )
     parser.add_argument(
         "--prefetch",
@@ -97,11 +165,10 @@ def add_run_command(subparsers: Subparsers) -> None:
     parser.add_argument(
         "--shutdown-timeout",
         type=non_negative_float,
-        default=DEFAULT_SHUTDOWN_TIMEOUT,
         metavar="S",
         help=(
             "seconds in-flight messages get to finish after a signal before they are nacked "
-            f"back to the queue (default: {DEFAULT_SHUTDOWN_TIMEOUT:g})"
+            "back to the queue (default: 30)"
         ),
     )
     parser.add_argument(
@@ -123,14 +190,8 @@ def add_run_command(subparsers: Subparsers) -> None:
     )
     parser.add_argument(
         "--http-host",
-        default="127.0.0.1",
         metavar="HOST",
         help="interface for --http-port (default: 127.0.0.1; 0.0.0.0 for every interface)",
-    )
-    parser.add_argument(
-        "--wait-for-broker",
-        action="store_true",
-        help="keep retrying the first connection instead of exiting with code 2",
     )
     parser.add_argument(
         "--no-gc-freeze",
@@ -151,22 +212,36 @@ def add_run_command(subparsers: Subparsers) -> None:
         ),
     )
     add_log_level(parser, "INFO")
-    parser.set_defaults(handler=_run_command)
+    parser.set_defaults(handler=_run_command, log_level=_DefaultLevel("INFO"))
 
 
-def load_pool(target: str) -> WorkerPool:
-    """Import `MODULE:ATTR` and return the pool it names (or that calling it returns).
+def _flag_settings(args: argparse.Namespace) -> dict[str, Any]:
+    # Every setting has a flag whose destination is its name.
+    flags = {name: getattr(args, name) for name in Settings.model_fields}
+    if isinstance(flags["log_level"], _DefaultLevel):
+        flags["log_level"] = None
+    return {name: value for name, value in flags.items() if value is not None}
+
+
+def load_target(target: str) -> WorkerPool | App:
+    """Import `MODULE:ATTR` and return the pool or App it names (or that calling it
+    returns).
 
     The current directory is importable, as with `python -m`.
 
     Raises:
-        CommandLineError: the target is malformed, missing or not a pool.
+        CommandLineError: the target is malformed, missing, or neither a pool nor an App.
     """
     module_name, colon, attr_path = target.partition(":")
     if not colon or not module_name or not attr_path:
         raise CommandLineError(
             f"{target!r} is not MODULE:ATTR: name the module and the pool in it, "
             "e.g. myapp.workers:pool"
+        )
+    if module_name.endswith(".py"):
+        raise CommandLineError(
+            f"{target!r} names a file: give the module, without .py "
+            f"({module_name.removesuffix('.py').replace('/', '.')}:{attr_path})"
         )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -187,82 +262,71 @@ def load_pool(target: str) -> WorkerPool:
         except AttributeError:
             raise CommandLineError(
                 f"module {module_name!r} has no attribute {attr_path!r}: "
-                f"name a WorkerPool defined in {module.__file__}"
+                f"name a WorkerPool or an App defined in {module.__file__}"
             ) from None
-    if isinstance(found, WorkerPool):
+    if isinstance(found, WorkerPool | App):
         return found
+    if inspect.isclass(found):
+        raise CommandLineError(
+            f"{target} is a class ({found.__name__}), not a pool or a factory: name a "
+            "WorkerPool or an App built from it, or a function without arguments that "
+            "returns one"
+        )
     if not callable(found):
         raise CommandLineError(
-            f"{target} is a {type(found).__name__}: expected a WorkerPool, or a function "
-            "without arguments that returns one"
+            f"{target} is a {type(found).__name__}: expected a WorkerPool or an App, or a "
+            "function without arguments that returns one"
         )
-    pool = found()
-    if inspect.iscoroutine(pool):
-        pool.close()
+    made = found()
+    if inspect.iscoroutine(made):
+        made.close()
         raise CommandLineError(
             f"{target} is an async function: make it a plain function that returns the "
-            "WorkerPool (the pool connects when it runs)"
+            "WorkerPool or App (it connects when it runs)"
         )
-    if not isinstance(pool, WorkerPool):
-        raise CommandLineError(f"{target}() returned a {type(pool).__name__}, not a WorkerPool")
-    return pool
+    if not isinstance(made, WorkerPool | App):
+        raise CommandLineError(
+            f"{target}() returned a {type(made).__name__}, not a WorkerPool or an App"
+        )
+    return made
+
+
+def load_pool(target: str) -> WorkerPool:
+    """`load_target` for a pool only.
+
+    Raises:
+        CommandLineError: as `load_target`, or the target is an App.
+    """
+    found = load_target(target)
+    if isinstance(found, App):
+        raise CommandLineError(f"{target} is an App, not a WorkerPool")
+    return found
 
 
 def make_backend(url: str, queues: Sequence[str], *, wait_for_broker: bool) -> Backend:
-    """The backend `foxwork run --url` consumes from, picked by the URL's scheme (see
-    `URL_SCHEMES`), and reconnected forever once connected.
-
-    Args:
-        url: `amqp://` or `amqps://` for RabbitMQ, `redis://` or `rediss://` for Redis
-            Streams.
-        queues: the queues to consume (the pool's `prefetch` sets the deliveries each
-            one has checked out).
-        wait_for_broker: the first connect keeps retrying instead of failing fast.
+    """The backend `foxwork run --url URL` consumes `queues` from (see
+    `foxwork.app.make_backend`; the other settings from `$FOXWORK_*`).
 
     Raises:
-        ConfigurationError: the scheme is none of those, the settings are invalid, or the
-            Redis client is not installed.
+        ConfigurationError: the scheme is not one of `URL_SCHEMES`, the settings are
+            invalid, or the Redis client is not installed.
     """
-    backend = _backend_of(url)(url, list(queues))
-    return ResilientBackend(backend, fail_fast=not wait_for_broker)
+    settings = resolve_settings(flags={"url": [url]})
+    return app_backend(settings, queues, wait_for_broker=wait_for_broker)
 
 
-def _backend_of(url: str) -> Callable[[str, list[str]], Backend]:
-    scheme, separator, _ = url.partition("://")
-    backend = URL_SCHEMES.get(scheme) if separator else None
-    if backend is None:
-        shown = f"URL scheme {scheme!r}" if separator else "a URL without a scheme"
-        raise ConfigurationError(f"{shown} is not supported: use {_SUPPORTED}")
-    return backend
-
-
-def _rabbitmq(url: str, queues: list[str]) -> Backend:
-    return RabbitMQBackend(RabbitMQConsumerConfig(url=url, queue=queues))
-
-
-def _redis_streams(url: str, queues: list[str]) -> Backend:
+def _metrics_reader() -> MetricsSource | None:
+    # A PrometheusReader on the global meter provider; None without the OpenTelemetry SDK.
     try:
-        # Imported on use: redis-py is an optional extra.
-        from ..backends.redis import RedisStreamsBackend, RedisStreamsConfig
-    except ImportError as exc:
-        raise ConfigurationError(
-            f"redis:// needs redis-py, which is not installed ({exc}): pip install 'foxwork[redis]'"
-        ) from None
-    return RedisStreamsBackend(RedisStreamsConfig(url=url, queue=queues))
+        from opentelemetry.sdk.metrics import MeterProvider
 
-
-#: The URL schemes `foxwork run --url` understands, and the backend each one picks.
-URL_SCHEMES: dict[str, Callable[[str, list[str]], Backend]] = {
-    "amqp": _rabbitmq,
-    "amqps": _rabbitmq,
-    "redis": _redis_streams,
-    "rediss": _redis_streams,
-}
-_SUPPORTED = "amqp:// or amqps:// (RabbitMQ), redis:// or rediss:// (Redis Streams)"
-
-
-def _install_metrics() -> Any:
-    # Before the pool is imported, so every meter its middleware asks for reports here.
+        from ..telemetry.prometheus import PrometheusReader
+    except ImportError:
+        logger.warning(
+            "/metrics shows only each pool's message counters: the OpenTelemetry SDK is not "
+            "installed (pip install 'foxwork[otel]' for every foxwork metric)"
+        )
+        return None
     reader = PrometheusReader()
     metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
     return reader
@@ -305,109 +369,158 @@ def run_on_loop(main: Coroutine[Any, Any, T], loop: str = "asyncio") -> T:
 
 
 def _run_command(args: argparse.Namespace) -> int:
-    if args.http_port is not None and not 0 <= args.http_port <= 65535:
-        raise CommandLineError(f"--http-port {args.http_port}: use a port from 0 to 65535")
     loop_factory(args.loop)  # an unavailable loop fails here, before anything is imported
+    flags = _flag_settings(args)
+    # What the environment and the flags say, before the code is imported: the meter
+    # provider must be in place before the pools ask it for meters.
+    early = _resolve(None, flags)
+    if args.processes > 1 and not args.print_config:
+        return _supervise(args, flags)
+    reader = _metrics_reader() if early.http_port is not None and not args.print_config else None
+    target = load_target(args.target)
+    app = _as_app(target, args)
+    settings = _resolve(app.settings, flags)
+    if args.print_config:
+        print(json.dumps(_config_report(app, settings, flags), indent=2))
+        return 0
+    if settings.log_level != args.log_level:
+        logging.getLogger().setLevel(settings.log_level)
     if args.loop != "asyncio":
         logger.info("event loop: %s", args.loop)
-    if args.processes > 1:
-        return _supervise(args)
-    index = int(os.environ.get("FOXWORK_PROCESS_INDEX", "0"))
-    if args.http_port and index:
-        args.http_port += index
-    reader = _install_metrics() if args.http_port is not None else None
-    pool = load_pool(args.target)
-    if pool.state is not PoolState.CREATED:
-        raise CommandLineError(f"{args.target} is {pool.state.value}: a pool runs only once")
-    pool = _with_limits(pool, concurrency=args.concurrency, prefetch=args.prefetch)
-    queues = tuple(args.queue or pool.queues)
-    if not queues:
-        raise CommandLineError(
-            f"no queue to consume: pass --queue NAME, or queues=[...] to the pool in {args.target}"
-        )
-    url: str | None = args.url or os.environ.get(ENV_URL) or None
-    if url is None:
+    if settings.http_port is not None and early.http_port is None:
+        reader = _metrics_reader()  # the port came from the code
+    http: tuple[str, int, Any] | None = None
+    if settings.http_port is not None:
+        index = int(os.environ.get("FOXWORK_PROCESS_INDEX", "0"))
+        port = settings.http_port + index if settings.http_port else 0
+        http = (settings.http_host, port, reader or PoolCounters(app))
+    app.apply_limits(concurrency=settings.concurrency, prefetch=settings.prefetch)
+    backend = _backend(app, settings, wait_for_broker=args.wait_for_broker)
+    if settings.memory:
         logger.warning(
-            "no broker URL (--url or $%s): running on the in-memory backend; messages live "
-            "only in this process",
-            ENV_URL,
+            "running on the in-memory backend (--memory): messages live only in this process"
         )
-        backend: Backend = MemoryBackend(queues=queues)
-        broker = "the in-memory backend"
-    else:
-        broker = redact_url(url)
-        try:
-            backend = make_backend(url, queues, wait_for_broker=args.wait_for_broker)
-        except ConfigurationError as exc:
-            raise CommandLineError(f"invalid broker settings for {broker}: {exc}") from None
+    # A pool is served as itself (its /health shows the pool), an App as the App.
+    served: WorkerPool | App = app if isinstance(target, App) else app.pools[0]
     return run_on_loop(
         serve(
-            pool,
+            served,
             backend,
-            queues=queues,
-            shutdown_timeout=args.shutdown_timeout,
-            broker=broker,
-            http=(args.http_host, args.http_port, reader) if args.http_port is not None else None,
+            queues=app.queues,
+            shutdown_timeout=settings.shutdown_timeout,
+            broker=describe_broker(settings),
+            http=http,
             freeze_heap=args.gc_freeze,
         ),
         args.loop,
     )
 
 
-def _with_limits(pool: WorkerPool, *, concurrency: int | None, prefetch: int | None) -> WorkerPool:
-    # `--concurrency` and `--prefetch` give a new pool with the same workers and middleware,
-    # validated by the constructor; the loaded pool itself is never changed. `--concurrency`
-    # alone sets the prefetch too, as it does for a pool built with only a concurrency limit.
-    if concurrency is None and prefetch is None:
-        return pool
-    return WorkerPool(
-        workers=pool.workers,
-        middleware=pool.middleware,
-        strategy=pool.strategy,
-        concurrency_limit=concurrency or pool.concurrency_limit,
-        queues=pool.queues,
-        prefetch=prefetch or concurrency or pool.prefetch,
-        name=pool.name,
-        on_unsettled_failure=pool.on_unsettled_failure,
-    )
+def _resolve(code: Settings | None, flags: Mapping[str, Any]) -> Settings:
+    try:
+        return resolve_settings(code, flags=flags)
+    except ConfigurationError as exc:
+        raise CommandLineError(str(exc)) from None
 
 
-def _supervise(args: argparse.Namespace) -> int:
-    load_pool(args.target)  # fail here, once, rather than in N children
-    url: str | None = args.url or os.environ.get(ENV_URL) or None
-    if url is None:
+def _as_app(target: WorkerPool | App, args: argparse.Namespace) -> App:
+    # The App `foxwork run` serves: the loaded one, or one around the loaded pool.
+    if target.state is not PoolState.CREATED:
+        kind = "an App" if isinstance(target, App) else "a pool"
+        raise CommandLineError(f"{args.target} is {target.state.value}: {kind} runs only once")
+    if isinstance(target, App):
+        if args.queue:
+            raise CommandLineError(
+                f"--queue is for a single pool: {args.target} is an App, whose pools name "
+                "their own queues (app.add(pool, queues=[...]))"
+            )
+        if not target.bindings:
+            raise CommandLineError(f"{args.target} has no pool: call app.add(pool) in it")
+        return target
+    queues = tuple(args.queue or target.queues)
+    if not queues:
         raise CommandLineError(
-            "--processes needs a broker (--url or $FOXWORK_URL): in-memory queues cannot be "
-            "shared between processes"
+            f"no queue to consume: pass --queue NAME, or queues=[...] to the pool in {args.target}"
+        )
+    return App.of(target, queues=queues)
+
+
+def _backend(app: App, settings: Settings, *, wait_for_broker: bool) -> Backend:
+    if not settings.urls and not settings.memory:
+        raise CommandLineError(
+            f"no broker URL: pass --url amqp://... or set ${env_var('url')}, or pass --memory "
+            "to run on the in-memory backend"
         )
     try:
-        _backend_of(url)  # an unknown scheme fails here, once, rather than in N children
+        return app.make_backend(settings, wait_for_broker=wait_for_broker)
     except ConfigurationError as exc:
-        raise CommandLineError(f"invalid broker settings for {redact_url(url)}: {exc}") from None
+        raise CommandLineError(
+            f"invalid broker settings for {describe_broker(settings)}: {exc}"
+        ) from None
+
+
+def _config_report(app: App, settings: Settings, flags: Mapping[str, Any]) -> dict[str, Any]:
+    # `--print-config`: the effective settings, passwords hidden, each with where it came
+    # from, and the pools with their queues and queue settings.
+    from_env = {name for name in Settings.model_fields if env_var(name) in os.environ}
+    code = app.settings.model_fields_set - from_env
+
+    def source(name: str) -> str:
+        if name in flags:
+            return "flag"
+        if name in from_env:
+            return "environment"
+        return "code" if name in code else "default"
+
+    return {
+        "settings": settings.redacted(),
+        "sources": {name: source(name) for name in Settings.model_fields},
+        "pools": [
+            {
+                "name": b.pool.name,
+                "queues": list(b.queues),
+                "concurrency": settings.concurrency or b.pool.concurrency_limit,
+                "prefetch": settings.prefetch or settings.concurrency or b.pool.prefetch,
+                "queue_settings": b.queue_settings.model_dump(mode="json", exclude_none=True),
+            }
+            for b in app.bindings
+        ],
+    }
+
+
+def _supervise(args: argparse.Namespace, flags: Mapping[str, Any]) -> int:
+    # Fail here, once, rather than in N children.
+    app = _as_app(load_target(args.target), args)
+    settings = _resolve(app.settings, flags)
+    if settings.memory:
+        raise CommandLineError(
+            "--processes needs a broker: in-memory queues cannot be shared between processes"
+        )
+    _backend(app, settings, wait_for_broker=args.wait_for_broker)
     child = [
         "run",
         args.target,
-        "--shutdown-timeout",
-        str(args.shutdown_timeout),
         "--log-level",
-        args.log_level,
-        "--http-host",
-        args.http_host,
+        settings.log_level,
         "--loop",
         args.loop,
     ]
     for queue in args.queue or ():
         child += ["--queue", queue]
-    for flag, value in (
-        ("--concurrency", args.concurrency),
-        ("--prefetch", args.prefetch),
-        ("--http-port", args.http_port),
-    ):
-        if value is not None:
-            child += [flag, str(value)]
     if args.wait_for_broker:
         child.append("--wait-for-broker")
     if not args.gc_freeze:
         child.append("--no-gc-freeze")
-    # The URL travels in the environment: a command line is visible to every local user.
-    return asyncio.run(supervisor.supervise(child, args.processes, env={ENV_URL: url}))
+    # The settings of the flags travel in the environment, where each child reads them: a
+    # command line (and the URL in it) is visible to every local user.
+    env = {env_var(name): _env_text(value) for name, value in flags.items()}
+    return asyncio.run(supervisor.supervise(child, args.processes, env=env))
+
+
+def _env_text(value: Any) -> str:
+    # A flag's value as its FOXWORK_* variable holds it.
+    if isinstance(value, list):
+        return " ".join(_env_text(item) for item in value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

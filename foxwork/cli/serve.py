@@ -1,4 +1,5 @@
-"""`serve()`: run a pool until SIGINT or SIGTERM, as `foxwork run` does in each process."""
+"""`serve()`: run a pool or an App until SIGINT or SIGTERM, as `foxwork run` does in each
+process."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from .. import telemetry
 from .._redact import redact
+from ..app import App
 from ..backends.base import Backend
 from ..errors import BackendError, ConfigurationError
 from ..http import HealthServer
@@ -31,8 +33,8 @@ _CLIENT_LOGGERS = ("aiormq", "aio_pika")
 class _Signals:
     """What SIGINT and SIGTERM do while `serve()` runs."""
 
-    def __init__(self, pool: WorkerPool, shutdown_timeout: float) -> None:
-        self._pool = pool
+    def __init__(self, app: App, shutdown_timeout: float) -> None:
+        self._app = app
         self._timeout = shutdown_timeout
         self._received = 0
         self._shutdowns: set[asyncio.Task[Any]] = set()
@@ -74,14 +76,14 @@ class _Signals:
         self.requested.set()
 
     def _shutdown(self, timeout: float) -> None:
-        # The pool brings its deadline forward when a shorter timeout follows.
-        task = asyncio.ensure_future(self._pool.shutdown(timeout))
+        # Each pool brings its deadline forward when a shorter timeout follows.
+        task = asyncio.ensure_future(self._app.shutdown(timeout))
         self._shutdowns.add(task)
         task.add_done_callback(self._shutdowns.discard)
 
 
 async def serve(
-    pool: WorkerPool,
+    pool: WorkerPool | App,
     backend: Backend,
     *,
     queues: Sequence[str] | None = None,
@@ -90,16 +92,18 @@ async def serve(
     http: tuple[str, int, Any] | None = None,
     freeze_heap: bool = False,
 ) -> int:
-    """Run `pool` on `backend` until SIGINT or SIGTERM, then close the backend.
+    """Run `pool` (or every pool of an App) on `backend` until SIGINT or SIGTERM, then close
+    the backend.
 
-    The first signal shuts the pool down gracefully: intake stops, in-flight messages get
+    The first signal shuts the pools down gracefully: intake stops, in-flight messages get
     `shutdown_timeout` seconds, the rest are nacked back to their queue. A second signal
     brings that deadline to now. Handlers are installed for the duration of the call only.
 
     Args:
-        pool: a pool that has not run yet.
+        pool: a pool, or an App, that has not run yet.
         backend: the backend to consume from; connected here.
-        queues: the queues to consume (default: the pool's, else the backend's).
+        queues: the queues a pool consumes (default: the pool's, else the backend's); an
+            App names its own.
         shutdown_timeout: seconds in-flight messages get after the first signal.
         broker: how logs and errors name the backend (a URL in it is redacted).
         http: (host, port, PrometheusReader or None) to serve /health, /ready and /metrics
@@ -116,36 +120,36 @@ async def serve(
         CommandLineError: the first connect failed, or the pool could not start.
     """
     broker = redact(broker)
+    if isinstance(pool, App):
+        app = pool
+    else:
+        try:
+            app = App.of(pool, queues=queues or pool.queues or backend.queues)
+        except ConfigurationError as exc:
+            raise CommandLineError(str(exc)) from None
     loop = asyncio.get_running_loop()
-    signals = _Signals(pool, shutdown_timeout)
+    signals = _Signals(app, shutdown_timeout)
     signals.install(loop)
-    server = await _start_http(pool, backend, http) if http is not None else None
+    server = await _start_http(pool, app, backend, http) if http is not None else None
     orphan_watch = _watch_supervisor(signals)
     try:
         if not await _connect(backend, broker, stop=signals.requested):
-            await pool.shutdown(0)
+            await app.shutdown(0)
             logger.info("stopped before %s could be reached; nothing was consumed", broker)
             return signals.exit_code
         try:
-            await pool.start(backend, queues=queues)
+            await app.start(backend)
         except (BackendError, ConfigurationError) as exc:
-            raise CommandLineError(f"cannot start pool {pool.name!r} on {broker}: {exc}") from exc
+            failed = app.failed_pool or app.pools[0]
+            raise CommandLineError(f"cannot start pool {failed.name!r} on {broker}: {exc}") from exc
         if freeze_heap:
             logger.info(
                 "start-up heap frozen: garbage collections skip its %d objects",
                 freeze_startup_heap(),
             )
-        logger.info(
-            "pool %r running on %s, consuming %s (concurrency %d, prefetch %d); stop it "
-            "with Ctrl-C or SIGTERM",
-            pool.name,
-            broker,
-            ", ".join(queues or pool.queues or backend.queues),
-            pool.concurrency_limit,
-            pool.prefetch,
-        )
+        _log_running(app, broker)
         await signals.requested.wait()
-        report = await pool.shutdown(shutdown_timeout)
+        report = await app.shutdown(shutdown_timeout)
     finally:
         signals.uninstall(loop)
         if orphan_watch is not None:
@@ -183,14 +187,33 @@ def _watch_supervisor(signals: _Signals) -> asyncio.Task[None] | None:
     return asyncio.ensure_future(watch())
 
 
-async def _start_http(pool: WorkerPool, backend: Backend, http: tuple[str, int, Any]) -> Any:
+def _log_running(app: App, broker: str) -> None:
+    stop = "stop it with Ctrl-C or SIGTERM"
+    for b in app.bindings:
+        logger.info(
+            "pool %r running on %s, consuming %s (concurrency %d, prefetch %d)%s",
+            b.pool.name,
+            broker,
+            ", ".join(b.queues),
+            b.pool.concurrency_limit,
+            b.pool.prefetch,
+            f"; {stop}" if len(app.bindings) == 1 else "",
+        )
+    if len(app.bindings) > 1:
+        logger.info("app %r running %d pools on %s; %s", app.name, len(app.bindings), broker, stop)
+
+
+async def _start_http(
+    shown: WorkerPool | App, app: App, backend: Backend, http: tuple[str, int, Any]
+) -> Any:
     host, port, reader = http
     if reader is not None:
         telemetry.observe_connection(lambda: backend.is_connected, name=type(backend).__name__)
-        for index, layer in enumerate(pool.middleware):
-            if isinstance(layer, CircuitBreakerMiddleware):
-                telemetry.observe_circuit(layer, f"{pool.name}-{index}")
-    server = HealthServer(pool, host=host, port=port, metrics=reader)
+        for pool in app.pools:
+            for index, layer in enumerate(pool.middleware):
+                if isinstance(layer, CircuitBreakerMiddleware):
+                    telemetry.observe_circuit(layer, f"{pool.name}-{index}")
+    server = HealthServer(shown, host=host, port=port, metrics=reader)
     try:
         await server.start()
     except OSError as exc:
