@@ -21,7 +21,7 @@ import dataclasses
 import os
 import sys
 from collections.abc import AsyncIterator
-from typing import TextIO
+from typing import Literal, TextIO
 
 import aiormq
 from aio_pika.abc import AbstractConnection
@@ -39,6 +39,10 @@ __all__ = ["add_topology_command"]
 
 #: `plan`'s exit code when applying would be refused (a conflict, a missing passive queue).
 EXIT_REFUSED = 1
+
+#: What went wrong with one object: it exists with other arguments, a passive queue is
+#: missing, or the broker refused for another reason (permissions, an exclusive queue).
+_Problem = Literal["conflict", "missing", "error"] | None
 
 
 def add_topology_command(subparsers: Subparsers) -> None:
@@ -205,14 +209,14 @@ class _Report:
             settings = self.config.settings_for(queue)
             self.line()
             self.line(f"queue {queue!r} (topology {settings.topology}, {settings.queue_type})")
-            conflict: Declaration | None = None
+            problems: list[tuple[Declaration, _Problem]] = []
             for step in topology.plan(queue):
-                status, failed = await (
+                status, problem = await (
                     self._apply(topology, step, vhost) if apply else self._check(topology, step)
                 )
                 self.line(f"  {step.describe()}: {status}")
-                if failed:
-                    conflict = step
+                if problem is not None:
+                    problems.append((step, problem))
                     if apply:
                         break  # as foxwork run: nothing more is declared for this queue
             if self.config.enable_delayed_retry:
@@ -221,15 +225,17 @@ class _Report:
                     f"  queues   '{names.retry_queue_prefix}-<delay>ms': one per retry delay, "
                     f"declared when a retry needs it (dead-lettered back to {queue!r})"
                 )
-            if conflict is not None:
+            if problems:
                 refused.append(queue)
-                self._advise(topology, conflict, vhost)
+            for step, problem in problems:
+                if problem != "error":
+                    self._advise(topology, step, vhost)
         return refused
 
-    async def _check(self, topology: Topology, step: Declaration) -> tuple[str, bool]:
+    async def _check(self, topology: Topology, step: Declaration) -> tuple[str, _Problem]:
         """What the broker says about `step`, declaring nothing new."""
         if step.kind == "binding":
-            return "would be bound (bindings cannot be read over AMQP)", False
+            return "would be bound (bindings cannot be read over AMQP)", None
         try:
             async with self._channel() as channel:
                 if step.kind == "exchange":
@@ -238,27 +244,37 @@ class _Report:
                     await channel.queue_declare(step.name, passive=True)
         except aiormq.exceptions.ChannelNotFoundEntity:
             if step.passive:
-                return "MISSING: foxwork run refuses to start (it never creates it)", True
-            return "would be declared", False
+                return "MISSING: foxwork run refuses to start (it never creates it)", "missing"
+            return "would be declared", None
+        except aiormq.exceptions.ChannelClosed as exc:  # access refused, exclusive, ...
+            return f"CANNOT CHECK: {redact(str(exc))}", "error"
         if step.passive:
-            return "exists", False
+            return "exists", None
         try:
             async with self._channel() as channel:
                 # Equivalent: a no-op; conflicting: PRECONDITION_FAILED closes this channel.
                 await topology.apply(channel, step)
         except TopologyConflict as exc:
-            return f"CONFLICT: {_first_clause(str(exc))}", True
-        return "exists", False
+            return f"CONFLICT: {_first_clause(str(exc))}", "conflict"
+        except aiormq.exceptions.ChannelClosed as exc:
+            return f"CANNOT CHECK: {redact(str(exc))}", "error"
+        return "exists", None
 
-    async def _apply(self, topology: Topology, step: Declaration, vhost: str) -> tuple[str, bool]:
+    async def _apply(
+        self, topology: Topology, step: Declaration, vhost: str
+    ) -> tuple[str, _Problem]:
         try:
             async with self._channel() as channel:
                 await topology.apply(channel, step, vhost=vhost)
         except TopologyConflict as exc:
-            return f"REFUSED: {_first_clause(str(exc))}", True
+            return f"REFUSED: {_first_clause(str(exc))}", (
+                "missing" if step.passive else "conflict"
+            )
+        except aiormq.exceptions.ChannelClosed as exc:  # access refused, exclusive, ...
+            return f"REFUSED: {redact(str(exc))}", "error"
         if step.kind == "binding":
-            return "bound", False
-        return "exists" if step.passive else "declared", False
+            return "bound", None
+        return "exists" if step.passive else "declared", None
 
     def _advise(self, topology: Topology, step: Declaration, vhost: str) -> None:
         queue = step.name

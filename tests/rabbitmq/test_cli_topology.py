@@ -12,6 +12,7 @@ import pytest
 from tests.apps.process import foxwork_env, run_foxwork
 from tests.harness.rabbitmq import RabbitMQNode
 
+from .conftest import UserFactory
 from .support import RabbitProbe
 
 
@@ -204,3 +205,20 @@ async def test_plan_refuses_a_passive_queue_with_an_exchange(rabbitmq_url: str) 
 
     assert done.code == 2
     assert "queue 'orders' is passive" in done.stderr
+
+
+async def test_plan_as_a_user_who_may_not_declare_says_what_it_cannot_check(
+    make_user: UserFactory, probe: RabbitProbe, queue_name: str, cleanup: None
+) -> None:
+    # Given an existing queue, and a user without the configure permission
+    await probe.declare_plain_queue(queue_name)
+    _, url = make_user(configure="^$")
+
+    # When that user plans it
+    done = await run_foxwork("topology", "plan", "--url", url, "--queue", queue_name)
+
+    # Then the queue is reported as not checkable, without a policy for a conflict it
+    # could not see
+    assert done.code == 1, done.output
+    assert "CANNOT CHECK" in done.stdout and "ACCESS_REFUSED" in done.stdout
+    assert "rabbitmqctl set_policy" not in done.stdout
