@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import functools
 import inspect
 import itertools
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -18,6 +21,8 @@ from .message import Message
 
 __all__ = ["Worker"]
 
+logger = logging.getLogger("foxwork.worker")
+
 P = TypeVar("P")
 
 _ids = itertools.count(1)
@@ -28,7 +33,12 @@ class Worker(Generic[P]):
 
     `process` may be `async def` (runs on the event loop) or a plain `def` for blocking or
     CPU-bound code, which foxwork runs in a thread so that heartbeats and other messages
-    keep flowing.
+    keep flowing. A thread cannot be interrupted: a blocking message keeps its concurrency
+    slot until its thread ends. Past `processing_timeout` the attempt fails (and is retried
+    or dead-lettered) only once the thread has ended, so two attempts of one message never
+    run at once; at the shutdown deadline it goes back to its queue only then, and shutdown
+    counts it as in flight until then. Make a blocking `process` give up on its own (give
+    its I/O calls their own timeouts).
 
     Class attributes (or constructor arguments) configure it:
         payload_model: a pydantic model; `message.payload` arrives validated as an instance
@@ -82,20 +92,16 @@ class Worker(Generic[P]):
     async def shutdown(self) -> None:
         """Called once when the pool stops, after the last message."""
 
-    def _make_call(self) -> Callable[[Message[Any]], Awaitable[None]]:
+    def _make_call(self) -> Callable[[Message[Any]], Any]:
+        # `process` itself; `_blocking` says whether it is a plain `def` (run in a thread).
         process: Any = self.process
         if getattr(type(self), "process", None) is Worker.process:
             raise ConfigurationError(
                 f"worker {self.id!r} ({type(self).__name__}) does not implement process(): "
                 "define `async def process(self, message)` (or a plain `def` for blocking code)"
             )
-        if inspect.iscoroutinefunction(process):
-            return process  # type: ignore[no-any-return]
-
-        async def in_thread(message: Message[Any]) -> None:
-            await asyncio.to_thread(functools.partial(process, message))
-
-        return in_thread
+        self._blocking = not inspect.iscoroutinefunction(process)
+        return process  # type: ignore[no-any-return]
 
     async def handle(self, message: Message[Any]) -> None:
         """Validate the payload, then run `process()` under the timeout. The pool calls this
@@ -106,6 +112,9 @@ class Worker(Generic[P]):
         if model is not None:
             message.payload = codec.validate(model, message.body, message.payload)
         timeout = self.processing_timeout
+        if self._blocking:
+            await self._run_in_thread(message, timeout)
+            return
         if timeout is None:
             await self._call(message)
             return
@@ -114,3 +123,40 @@ class Worker(Generic[P]):
                 await self._call(message)
         except TimeoutError as exc:
             raise ProcessingTimeout(self.id, timeout) from exc
+
+    async def _run_in_thread(self, message: Message[Any], timeout: float | None) -> None:
+        # Waited for with asyncio.wait, which never cancels the thread's future: neither the
+        # timeout nor a cancellation (the shutdown deadline) ends this attempt before its
+        # thread has ended, so the message keeps its slot, and a retry cannot start while
+        # this attempt still runs.
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()  # the log context and the trace flow along
+        thread = loop.run_in_executor(None, functools.partial(context.run, self._call, message))
+        try:
+            done, _ = await asyncio.wait((thread,), timeout=timeout)
+            if not done:
+                logger.warning(
+                    "message %s passed its processing_timeout of %g s in worker %s: a "
+                    "blocking process() cannot be interrupted, the attempt fails once its "
+                    "thread ends",
+                    message.id,
+                    timeout,
+                    self.id,
+                )
+                await asyncio.wait((thread,))
+                raise ProcessingTimeout(self.id, timeout or 0.0) from thread.exception()
+        except asyncio.CancelledError:
+            if not thread.done():
+                logger.warning(
+                    "message %s still runs in its thread in worker %s: it goes back to its "
+                    "queue once the thread ends",
+                    message.id,
+                    self.id,
+                )
+                while not thread.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait((thread,))
+            if not thread.cancelled():
+                thread.exception()  # retrieved: the cancellation is what is reported
+            raise
+        thread.result()
