@@ -4,7 +4,8 @@ same trace as the first attempt.
 The message arrives with a W3C `traceparent` header (as a producer instrumented with
 OpenTelemetry sends it); foxwork continues that trace, and the retried copy carries the
 failed attempt's context, so every attempt shows up in one trace. Run it with
-`python examples/tracing_console.py`.
+`python examples/tracing_console.py` (the console exporter is the OpenTelemetry SDK's:
+`pip install 'foxwork[otel]'`).
 """
 
 import asyncio

@@ -55,11 +55,10 @@ EVENT_LOOPS = ("asyncio", "uvloop")
 T = TypeVar("T")
 
 
-class _DefaultLevel(str):
-    """The `--log-level` default: told apart from a level given on the command line, so
-    that `$FOXWORK_LOG_LEVEL` (or the App's) applies when the flag is absent."""
-
-    __slots__ = ()
+class _DefaultLevel(int):
+    """The `--log-level` default: told apart from a level given on the command line (a
+    name), so that `$FOXWORK_LOG_LEVEL` (or the App's) applies when the flag is absent. An
+    int, because argparse passes a default that is a string through the flag's type."""
 
 
 def add_run_command(subparsers: Subparsers) -> None:
@@ -212,7 +211,7 @@ def add_run_command(subparsers: Subparsers) -> None:
         ),
     )
     add_log_level(parser, "INFO")
-    parser.set_defaults(handler=_run_command, log_level=_DefaultLevel("INFO"))
+    parser.set_defaults(handler=_run_command, log_level=_DefaultLevel(logging.INFO))
 
 
 def _flag_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -383,7 +382,7 @@ def _run_command(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(_config_report(app, settings, flags), indent=2))
         return 0
-    if settings.log_level != args.log_level:
+    if isinstance(args.log_level, _DefaultLevel):
         logging.getLogger().setLevel(settings.log_level)
     if args.loop != "asyncio":
         logger.info("event loop: %s", args.loop)
