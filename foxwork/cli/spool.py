@@ -4,14 +4,15 @@ and send what it holds to the broker.
 `status` reads the directory without opening the spool, so it works while its publisher
 runs. `drain` opens it (refused while another live process owns it), publishes every
 message in order, one confirm at a time, and exits 0 once the spool is empty, or 1 when
-`--timeout` passed first (what is left stays in the spool).
+`--timeout` passed first or a damaged record stopped it (what is left stays in the spool;
+`--skip-corrupt` skips damaged records, saying how many bytes).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -19,7 +20,15 @@ from pathlib import Path
 
 from .._redact import redact
 from ..errors import BackendError, ConfigurationError
-from ..spool import Drainer, Spool, SpoolConfig, SpoolLocked, SpoolStatus, read_status
+from ..spool import (
+    Drainer,
+    Spool,
+    SpoolConfig,
+    SpoolCorrupt,
+    SpoolLocked,
+    SpoolStatus,
+    read_status,
+)
 from .common import (
     ENV_URL,
     EXIT_OK,
@@ -31,7 +40,7 @@ from .common import (
 
 __all__ = ["add_spool_command"]
 
-#: Exit code of `drain` when messages are left (the timeout passed first).
+#: Exit code of `drain` when messages are left (the timeout passed first, or damage).
 EXIT_LEFT = 1
 #: Default seconds `drain` keeps trying.
 DEFAULT_DRAIN_TIMEOUT = 60.0
@@ -64,8 +73,9 @@ def add_spool_command(subparsers: Subparsers) -> None:
         help="publish what a spool holds, in order, and exit",
         description=(
             "Publish every message of the spool, in order, each confirmed by the broker, "
-            "then exit: 0 when the spool is empty, 1 when --timeout passed first (what "
-            "is left stays in the spool). Refused while another live process owns it."
+            "then exit: 0 when the spool is empty, 1 when --timeout passed first or a "
+            "damaged record stopped it (what is left stays in the spool). Refused while "
+            "another live process owns it."
         ),
     )
     drain.add_argument("directory", metavar="DIR", help="the spool directory")
@@ -76,6 +86,14 @@ def add_spool_command(subparsers: Subparsers) -> None:
         default=DEFAULT_DRAIN_TIMEOUT,
         metavar="S",
         help=f"give up after S seconds (default: {DEFAULT_DRAIN_TIMEOUT:g})",
+    )
+    drain.add_argument(
+        "--skip-corrupt",
+        action="store_true",
+        help=(
+            "skip a damaged record inside the spool, to the next intact one (what it held "
+            "is lost; the bytes skipped are reported); without it, drain stops there"
+        ),
     )
     add_log_level(drain, "WARNING")
     drain.set_defaults(handler=_drain_command)
@@ -106,6 +124,10 @@ def _as_json(status: SpoolStatus) -> dict[str, object]:
         "oldest_age": status.oldest_age,
         "owner_pid": status.owner_pid,
         "owner_alive": status.owner_alive,
+        "damaged": [
+            {"segment": str(d.path), "offset": d.offset, "bytes": d.size, "reason": d.reason}
+            for d in status.damaged
+        ],
     }
 
 
@@ -116,16 +138,21 @@ def format_status(status: SpoolStatus) -> str:
     else:
         owner = f"PID {status.owner_pid} ({'running' if status.owner_alive else 'gone'})"
     oldest = "-" if status.oldest_age is None else f"{status.oldest_age:.1f} s ago"
-    return "\n".join(
-        [
-            f"spool {status.directory}",
-            f"  depth     {status.depth} message(s)",
-            f"  bytes     {status.bytes}",
-            f"  segments  {status.segments}",
-            f"  oldest    {oldest}",
-            f"  owner     {owner}",
-        ]
-    )
+    lines = [
+        f"spool {status.directory}",
+        f"  depth     {status.depth} message(s)",
+        f"  bytes     {status.bytes}",
+        f"  segments  {status.segments}",
+        f"  oldest    {oldest}",
+        f"  owner     {owner}",
+    ]
+    lines += [f"  damaged   {damage}" for damage in status.damaged]
+    if status.damaged:
+        lines.append(
+            "  the drainer stops at damage: skip it with "
+            f"foxwork spool drain {status.directory} --skip-corrupt"
+        )
+    return "\n".join(lines)
 
 
 def _drain_command(args: argparse.Namespace) -> int:
@@ -134,33 +161,54 @@ def _drain_command(args: argparse.Namespace) -> int:
     if not url:
         raise CommandLineError(f"no broker URL: pass --url amqp://... or set ${ENV_URL}")
     try:
-        sent, left, last_error = asyncio.run(_drain(directory, url, args.timeout))
+        result = asyncio.run(_drain(directory, url, args.timeout, skip_corrupt=args.skip_corrupt))
     except SpoolLocked as exc:
         raise CommandLineError(str(exc)) from None
     except (BackendError, ConfigurationError) as exc:
         raise CommandLineError(redact(str(exc))) from None
-    print(f"sent {sent} message(s); {left} left in {directory}", flush=True)
-    if left:
-        reason = f": {last_error}" if last_error else ""
+    print(f"sent {result.sent} message(s); {result.left} left in {directory}", flush=True)
+    if result.skipped_bytes:
+        print(f"skipped {result.skipped_bytes} damaged byte(s)", flush=True)
+    if result.corrupt is not None:
+        print(f"stopped: {result.corrupt}", file=sys.stderr, flush=True)
+        return EXIT_LEFT
+    if result.left:
+        reason = f": {result.last_error}" if result.last_error else ""
         print(f"gave up after {args.timeout:g} s{reason}", file=sys.stderr, flush=True)
         return EXIT_LEFT
     return EXIT_OK
 
 
-async def _drain(directory: Path, url: str, timeout: float) -> tuple[int, int, str | None]:
-    """Drain the spool in `directory` to `url`; (sent, left, last error)."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Drained:
+    sent: int
+    left: int
+    last_error: str | None
+    skipped_bytes: int
+    corrupt: SpoolCorrupt | None
+
+
+async def _drain(directory: Path, url: str, timeout: float, *, skip_corrupt: bool) -> _Drained:
+    """Drain the spool in `directory` to `url`."""
     from ..backends.rabbitmq import RabbitMQBackend  # aio-pika only when used
     from ..backends.resilient import ResilientBackend
 
-    spool = await Spool.open(SpoolConfig(directory=directory))
+    spool = await Spool.open(SpoolConfig(directory=directory, skip_corrupt=skip_corrupt))
+    corrupt = None
     try:
         backend = ResilientBackend(RabbitMQBackend(url=url, queue=[]))
         await backend.connect()
         try:
             drainer = Drainer(spool, backend)
-            with contextlib.suppress(TimeoutError):  # what is left stays in the spool
+            try:
                 await asyncio.wait_for(drainer.drain(), timeout)
-            return drainer.sent, spool.depth, drainer.last_error
+            except TimeoutError:
+                pass  # what is left stays in the spool
+            except SpoolCorrupt as exc:
+                corrupt = exc
+            return _Drained(
+                drainer.sent, spool.depth, drainer.last_error, spool.skipped_bytes, corrupt
+            )
         finally:
             await backend.close()
     finally:

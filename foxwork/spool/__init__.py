@@ -15,8 +15,10 @@ from ._lock import SpoolLocked
 from ._metrics import SPOOL_BYTES, SPOOL_DEPTH
 from ._records import SpooledMessage as SpooledMessage
 from .drainer import Drainer as Drainer
+from .store import DamagedRecord as DamagedRecord
 from .store import Spool as Spool
 from .store import SpoolConfig, SpoolFull
+from .store import SpoolCorrupt as SpoolCorrupt
 from .store import SpoolStatus as SpoolStatus
 from .store import read_status as read_status
 

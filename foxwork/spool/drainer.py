@@ -6,7 +6,9 @@ message, until it is confirmed: after the reconnect when the connection is down,
 a backoff (0.2 s doubling to 5 s). A message the broker keeps refusing (unroutable: no
 queue bound for its routing key) therefore holds up the ones behind it; each failed attempt
 is logged with the reason, and `last_error` keeps it, for `foxwork spool status` and
-`drain`.
+`drain`. A damaged record inside the spool (`SpoolCorrupt`, unless the spool skips it)
+stops the drainer there, logged as an ERROR: `Publisher.flush_spool()` and `drain()` raise
+it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING
 from .._redact import redact
 from ..backends._backoff import Backoff
 from ..errors import BackendError
+from .store import SpoolCorrupt
 
 if TYPE_CHECKING:
     from ..backends.base import Backend
@@ -72,15 +75,23 @@ class Drainer:
                 await task
 
     async def drain(self) -> int:
-        """Publish until the spool is empty; returns how many were sent."""
+        """Publish until the spool is empty; returns how many were sent.
+
+        Raises:
+            SpoolCorrupt: the next record is damaged (what comes before it was sent).
+        """
         sent = self.sent
         while self.spool.depth:
             await self._send_next()
         return self.sent - sent
 
     async def _forever(self) -> None:
-        while True:
-            await self._send_next()
+        try:
+            while True:
+                await self._send_next()
+        except SpoolCorrupt as exc:
+            self.last_error = str(exc)
+            logger.error("the spool drainer stopped: %s", exc)
 
     async def _send_next(self) -> None:
         message = await self.spool.next()

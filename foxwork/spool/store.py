@@ -13,14 +13,19 @@ A segment is deleted once the written position has moved past it.
 
 On open, every record from the read position on is checked (length and CRC-32): a torn
 record at the end of the last segment (a crash mid-append, before its fsync, so its
-`append()` never returned) is cut off. A bad record inside the spool is reported and the
-rest of its segment skipped.
+`append()` never returned) is cut off. A damaged record inside the spool (intact records
+after it, or at the end of a sealed segment) is logged as an ERROR with its segment file
+and offset, and the reader stops there (`next()` raises `SpoolCorrupt`): the messages
+behind it wait, nothing is skipped silently. With `SpoolConfig(skip_corrupt=True)` the
+reader skips to the next intact record (its magic and a matching CRC) and counts the bytes
+skipped (`skipped_bytes`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
 import os
 import time
@@ -33,7 +38,15 @@ from ._lock import PidLock, pid_alive, read_owner
 from ._metrics import observe_spool
 from ._records import SpooledMessage, decode_message, encode_message, frame
 
-__all__ = ["Spool", "SpoolConfig", "SpoolFull", "SpoolStatus", "read_status"]
+__all__ = [
+    "DamagedRecord",
+    "Spool",
+    "SpoolConfig",
+    "SpoolCorrupt",
+    "SpoolFull",
+    "SpoolStatus",
+    "read_status",
+]
 
 logger = logging.getLogger("foxwork.spool")
 
@@ -47,6 +60,50 @@ class SpoolFull(FoxworkError):
     """The spool holds `max_bytes` of messages the broker has not confirmed yet."""
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class DamagedRecord:
+    """Damaged bytes inside a spool: no intact record begins at `offset` of the segment
+    file `path`; the next one begins `size` bytes later (or the segment ends).
+
+    Attributes:
+        path: the segment file.
+        offset: where the damaged bytes begin.
+        size: how many bytes `skip_corrupt` skips.
+        reason: what is wrong with them.
+    """
+
+    path: Path
+    offset: int
+    size: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path} at offset {self.offset} ({self.size} bytes: {self.reason})"
+
+
+class SpoolCorrupt(FoxworkError):
+    """The next record of the spool is damaged: the reader stops there, so that no message
+    is skipped unless asked (`SpoolConfig(skip_corrupt=True)`, `foxwork spool drain
+    --skip-corrupt`).
+
+    Attributes:
+        path: the segment file.
+        offset: the damaged record's offset in it.
+        size: the bytes up to the next intact record (what skipping loses).
+    """
+
+    def __init__(self, damage: DamagedRecord) -> None:
+        self.path = damage.path
+        self.offset = damage.offset
+        self.size = damage.size
+        super().__init__(
+            f"the spool segment {damage.path} is damaged at offset {damage.offset} "
+            f"({damage.reason}): the messages behind it wait. Skip its {damage.size} bytes "
+            f"with `foxwork spool drain {damage.path.parent} --skip-corrupt`, or "
+            "SpoolConfig(skip_corrupt=True); what they held is lost"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class SpoolConfig:
     """Where and how much a `Publisher` spools while the broker is unreachable.
@@ -58,6 +115,9 @@ class SpoolConfig:
             with `block_when_full`.
         segment_bytes: the size of one segment file before a new one is begun.
         block_when_full: wait for the drainer to make room instead of raising `SpoolFull`.
+        skip_corrupt: skip a damaged record inside the spool (to the next intact one,
+            logging where and how many bytes) instead of stopping there with
+            `SpoolCorrupt`.
 
     Example:
         SpoolConfig(directory="/var/spool/orders", max_bytes=512 * 1024 * 1024)
@@ -67,6 +127,7 @@ class SpoolConfig:
     max_bytes: int = DEFAULT_MAX_BYTES
     segment_bytes: int = DEFAULT_SEGMENT_BYTES
     block_when_full: bool = False
+    skip_corrupt: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_bytes, int) or self.max_bytes < 1:
@@ -93,6 +154,7 @@ class SpoolStatus:
         oldest_age: seconds since the oldest of them was spooled, or None when empty.
         owner_pid: the PID the lock file names, or None.
         owner_alive: whether that process exists.
+        damaged: damaged records inside it, where the drainer stops (see `SpoolCorrupt`).
     """
 
     directory: Path
@@ -102,6 +164,7 @@ class SpoolStatus:
     oldest_age: float | None
     owner_pid: int | None
     owner_alive: bool
+    damaged: tuple[DamagedRecord, ...] = ()
 
 
 class Spool:
@@ -121,6 +184,12 @@ class Spool:
         self._depth = 0
         self._bytes = 0
         self._current: tuple[SpooledMessage, int] | None = None
+        #: Damaged bytes not read past yet, by (segment, offset).
+        self._damaged: dict[tuple[int, int], DamagedRecord] = {}
+        #: Bytes of damaged records skipped (`skip_corrupt`).
+        self.skipped_bytes = 0
+        #: The damaged record the reader stopped at, or None.
+        self.corruption: SpoolCorrupt | None = None
         self._read_fd: tuple[int, int] | None = None
         # The writer: its segment and offset belong to the flusher's thread while it runs.
         self._write_segment = 0
@@ -147,9 +216,13 @@ class Spool:
 
         Raises:
             SpoolLocked: another live process has it open.
+            ConfigurationError: the directory cannot be created or written to.
         """
         spool = cls(config)
-        await asyncio.to_thread(spool._open)
+        try:
+            await asyncio.to_thread(spool._open)
+        except OSError as exc:
+            raise _unusable(config.path, exc) from None
         spool._stop_metrics = observe_spool(spool)
         if spool._depth:
             spool._readable.set()
@@ -177,6 +250,8 @@ class Spool:
 
     def _open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.directory, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "not writable", str(self.directory))
         self._lock.acquire()
         try:
             self._recover()
@@ -198,14 +273,32 @@ class Spool:
             start = offset if index == first else 0
             fd = os.open(_files.segment_path(self.directory, index), os.O_RDWR)
             try:
-                scan = _files.scan_segment(fd, start, verify=True)
+                scan = _files.scan_segment(fd, start, verify=True, sealed=number < len(indexes) - 1)
                 if scan.error is not None:
-                    self._repair(fd, index, scan, last=number == len(indexes) - 1)
+                    self._repair(fd, index, scan)
             finally:
                 os.close(fd)
             self._ends[index] = scan.end
             self._depth += scan.records
             self._bytes += scan.size
+            path = _files.segment_path(self.directory, index)
+            for bad in scan.damaged:
+                self._damaged[index, bad.offset] = DamagedRecord(
+                    path, bad.offset, bad.size, bad.reason
+                )
+        for damage in self._damaged.values():
+            logger.error(
+                "the spool segment %s is damaged at offset %d (%s; %d bytes up to the next "
+                "intact record): %s",
+                damage.path,
+                damage.offset,
+                damage.reason,
+                damage.size,
+                "they will be skipped (skip_corrupt)"
+                if self.config.skip_corrupt
+                else "the drainer stops there; skip them with foxwork spool drain DIR "
+                "--skip-corrupt, or SpoolConfig(skip_corrupt=True)",
+            )
         self._read = position
         self._oldest_segment = first
         self._write_segment = indexes[-1] if indexes else first
@@ -215,21 +308,13 @@ class Spool:
         if self._write_segment == first and self._write_offset < offset:
             self._write_offset = self._ends[first] = offset
 
-    def _repair(self, fd: int, index: int, scan: _files.Scan, *, last: bool) -> None:
+    def _repair(self, fd: int, index: int, scan: _files.Scan) -> None:
+        # The end of the last segment: a crash during an append. That append never
+        # returned, nobody was told the message was kept.
         path = _files.segment_path(self.directory, index)
-        if last:
-            # A crash during an append: that append never returned, nobody was told the
-            # message was kept.
-            logger.warning("cutting a torn record off the end of %s (%s)", path, scan.error)
-            os.ftruncate(fd, scan.end)
-            os.fsync(fd)
-        else:
-            logger.error(
-                "the spool segment %s is damaged (%s): the records after offset %d are skipped",
-                path,
-                scan.error,
-                scan.end,
-            )
+        logger.warning("cutting a torn record off the end of %s (%s)", path, scan.error)
+        os.ftruncate(fd, scan.end)
+        os.fsync(fd)
 
     async def close(self) -> None:
         """Finish the appends under way, write the read position, give the lock up.
@@ -383,10 +468,17 @@ class Spool:
 
     async def next(self) -> SpooledMessage:
         """The oldest message not yet acked; waits for one. Until `ack()`, every call
-        returns the same message."""
+        returns the same message.
+
+        Raises:
+            SpoolCorrupt: the next record is damaged (without `skip_corrupt`).
+        """
         while self._current is None:
             segment, offset = self._read
-            if offset < self._ends.get(segment, 0):
+            damage = self._damaged.get(self._read)
+            if damage is not None:
+                self._pass_damage(damage)
+            elif offset < self._ends.get(segment, 0):
                 self._current = await asyncio.to_thread(self._read_at, segment, offset)
             elif segment < self._last_segment:
                 self._read = (segment + 1, 0)  # the segment is drained
@@ -394,6 +486,19 @@ class Spool:
                 self._readable.clear()
                 await self._readable.wait()
         return self._current[0]
+
+    def _pass_damage(self, damage: DamagedRecord) -> None:
+        if not self.config.skip_corrupt:
+            if self.corruption is None:
+                self.corruption = SpoolCorrupt(damage)
+                self._acked.set()  # wake `wait_empty()`, to raise it
+            raise self.corruption
+        logger.warning("skipping %d damaged bytes of the spool segment %s", damage.size, damage)
+        del self._damaged[self._read]
+        segment, offset = self._read
+        self._read = (segment, offset + damage.size)
+        self.skipped_bytes += damage.size
+        self._moved()
 
     def _read_at(self, segment: int, offset: int) -> tuple[SpooledMessage, int]:
         if self._read_fd is None or self._read_fd[0] != segment:
@@ -420,6 +525,10 @@ class Spool:
             # Drained: the next append begins a new segment, and this one can go. No await
             # in between: an append cannot slip into the old segment meanwhile.
             self._roll()
+        self._moved()
+
+    def _moved(self) -> None:
+        """The read position moved: write it (soon, in the background)."""
         self._position_dirty = True
         if self._position_writer is None:
             self._position_writer = asyncio.get_running_loop().create_task(
@@ -452,8 +561,14 @@ class Spool:
             self._oldest_segment += 1
 
     async def wait_empty(self) -> None:
-        """Return once every message appended so far was acked."""
+        """Return once every message appended so far was acked.
+
+        Raises:
+            SpoolCorrupt: the reader stopped at a damaged record.
+        """
         while self.busy:
+            if self.corruption is not None:
+                raise self.corruption
             self._acked.clear()
             await self._acked.wait()
 
@@ -476,20 +591,27 @@ def read_status(directory: str | os.PathLike[str]) -> SpoolStatus:
     first, offset = _files.read_position(path) or (indexes[0] if indexes else 0, 0)
     depth = size = 0
     oldest: float | None = None
-    for index in (index for index in indexes if index >= first):
+    damaged: list[DamagedRecord] = []
+    remaining = [index for index in indexes if index >= first]
+    for index in remaining:
+        segment = _files.segment_path(path, index)
         try:
-            fd = os.open(_files.segment_path(path, index), os.O_RDONLY)
+            fd = os.open(segment, os.O_RDONLY)
         except FileNotFoundError:  # drained and deleted meanwhile
             continue
         try:
             start = offset if index == first else 0
-            scan = _files.scan_segment(fd, start, verify=False)
+            scan = _files.scan_segment(fd, start, verify=True, sealed=index != remaining[-1])
+            first_record = start
+            if scan.damaged and scan.damaged[0].offset == start:
+                first_record = scan.damaged[0].end
             if scan.records and oldest is None:
-                oldest = decode_message(_files.read_record(fd, start)[0]).spooled_at
+                oldest = decode_message(_files.read_record(fd, first_record)[0]).spooled_at
         finally:
             os.close(fd)
         depth += scan.records
         size += scan.size
+        damaged += [DamagedRecord(segment, d.offset, d.size, d.reason) for d in scan.damaged]
     owner = read_owner(path)
     return SpoolStatus(
         directory=path,
@@ -499,4 +621,15 @@ def read_status(directory: str | os.PathLike[str]) -> SpoolStatus:
         oldest_age=None if oldest is None else max(0.0, time.time() - oldest),
         owner_pid=owner,
         owner_alive=owner is not None and pid_alive(owner),
+        damaged=tuple(damaged),
+    )
+
+
+def _unusable(directory: Path, exc: OSError) -> ConfigurationError:
+    """The one-line error of a spool directory that cannot be created or written to."""
+    where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(directory) else ""
+    return ConfigurationError(
+        f"SpoolConfig(directory={str(directory)!r}) cannot be used: "
+        f"{exc.strerror or exc}{where}: give it a writable directory on a local disk "
+        "(it is created if missing)"
     )

@@ -1,6 +1,6 @@
 """The spool with a real broker: a publisher that cannot reach it spools, the next one
 drains, a producer SIGKILLed mid-stream loses no message whose publish() returned, and
-`foxwork spool status|drain` as a user runs them."""
+`foxwork spool status|drain` as a user runs them, a damaged record included."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from foxwork.backends.rabbitmq import RabbitMQBackend
 from foxwork.spool import read_status
 from tests.apps.process import ROOT, run_foxwork
 from tests.harness.rabbitmq import find_free_port
+from tests.unit.test_spool import record_offsets
 
 from .support import RabbitProbe
 
@@ -185,3 +186,60 @@ async def test_spool_drain_refuses_a_spool_another_live_process_owns(
 
     assert drained.code == 2, drained.output
     assert f"in use by process {os.getpid()}" in drained.stderr
+
+
+def damage_record(directory: Path, number: int) -> tuple[Path, list[int]]:
+    """Flip a byte in the payload of record `number` of the one segment in `directory`;
+    (the segment file, where each record begins)."""
+    [segment] = sorted(directory.glob("*.seg"))
+    offsets = record_offsets(segment)
+    data = bytearray(segment.read_bytes())
+    data[offsets[number + 1] - 3] ^= 0xFF
+    segment.write_bytes(bytes(data))
+    return segment, offsets
+
+
+async def test_spool_drain_stops_at_a_damaged_record_and_skips_it_only_when_told(
+    rabbitmq_url: str, backend: RabbitMQBackend, probe: RabbitProbe, queue_name: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    # Given 5 spooled messages, the third damaged on disk
+    await backend.declare(queue_name)
+    ids = await spool_messages(tmp_path, queue_name, 5)
+    segment, offsets = damage_record(tmp_path, 2)
+    damaged_size = offsets[3] - offsets[2]
+
+    # When the status is asked for, and the spool drained
+    status = await run_foxwork("spool", "status", str(tmp_path))
+    status_json = await run_foxwork("spool", "status", str(tmp_path), "--json")
+    stopped = await run_foxwork("spool", "drain", str(tmp_path), "--url", rabbitmq_url)
+
+    # Then the status names the segment and the offset, and the drain stops there, says
+    # where and how to go on, and exits 1, having sent what came before
+    assert status.code == 0, status.output
+    assert f"damaged   {segment} at offset {offsets[2]} ({damaged_size} bytes" in status.stdout
+    assert "--skip-corrupt" in status.stdout
+    [shown] = json.loads(status_json.stdout)["damaged"]
+    assert (shown["segment"], shown["offset"], shown["bytes"]) == (
+        str(segment),
+        offsets[2],
+        damaged_size,
+    )
+    assert stopped.code == 1, stopped.output
+    assert f"sent 2 message(s); 2 left in {tmp_path}" in stopped.stdout
+    assert f"{segment} is damaged at offset {offsets[2]}" in stopped.stderr
+    assert "--skip-corrupt" in stopped.stderr
+    assert read_status(tmp_path).depth == 2
+
+    # When it is drained with --skip-corrupt
+    skipped = await run_foxwork(
+        "spool", "drain", str(tmp_path), "--url", rabbitmq_url, "--skip-corrupt"
+    )
+
+    # Then the rest is sent, the bytes skipped are reported, and the spool is empty
+    assert skipped.code == 0, skipped.output
+    assert f"sent 2 message(s); 0 left in {tmp_path}" in skipped.stdout
+    assert f"skipped {damaged_size} damaged byte(s)" in skipped.stdout
+    received = [r.properties.message_id for r in await probe.take(queue_name)]
+    assert received == [ids[0], ids[1], ids[3], ids[4]]
+    assert read_status(tmp_path).depth == 0 and read_status(tmp_path).damaged == ()

@@ -4,6 +4,7 @@ bound, the PID lock, the bound on its size, group commit and its metrics."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 import time
@@ -16,10 +17,11 @@ import pytest
 
 from foxwork import MessageProperties, OutboundMessage, Publisher, PublishNotConfirmed
 from foxwork.backends import MemoryBackend
-from foxwork.errors import ConnectionLost
+from foxwork.errors import ConfigurationError, ConnectionLost
 from foxwork.spool import (
     Spool,
     SpoolConfig,
+    SpoolCorrupt,
     SpooledMessage,
     SpoolFull,
     SpoolLocked,
@@ -28,7 +30,7 @@ from foxwork.spool import (
     read_status,
     store,
 )
-from foxwork.spool._records import encode_message, frame
+from foxwork.spool._records import HEADER, encode_message, frame, parse_header
 
 SpoolFactory = Callable[..., Awaitable[Spool]]
 
@@ -514,3 +516,184 @@ async def test_a_full_spool_refuses_a_publish_with_what_to_change(
         with pytest.raises(SpoolFull, match="max_bytes=1000"):
             for number in range(100):
                 await publisher.publish(number, routing_key=queue_name)
+
+
+# -- bad input: an unusable directory, a damaged record inside the spool ---------------
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        # Both refuse writes to root as well (the tests may run as root, where a chmod
+        # does not stop writes): a path under a regular file, and a directory of /proc.
+        "under a regular file",
+        "a read-only directory (/proc/self)",
+    ],
+)
+async def test_a_spool_directory_that_cannot_be_written_fails_at_start_with_one_line(
+    memory: MemoryBackend, tmp_path: Path, where: str
+) -> None:
+    if where == "under a regular file":
+        (tmp_path / "file").write_text("not a directory")
+        directory = tmp_path / "file" / "spool"
+    else:
+        directory = Path("/proc/self")
+    publisher = Publisher(memory, spool=SpoolConfig(directory=directory))
+
+    with pytest.raises(ConfigurationError) as raised:
+        await publisher.start()
+
+    text = str(raised.value)
+    assert "\n" not in text
+    assert f"SpoolConfig(directory={str(directory)!r})" in text
+    assert "writable directory" in text
+    assert publisher.spool is None
+
+
+class LogRecords(logging.Handler):
+    """Keeps the records logged to it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def record_offsets(path: Path) -> list[int]:
+    """Where each record of the segment file `path` begins."""
+    data = path.read_bytes()
+    offsets, offset = [], 0
+    while offset < len(data):
+        offsets.append(offset)
+        length, _ = parse_header(data[offset : offset + HEADER.size])
+        offset += HEADER.size + length
+    return offsets
+
+
+async def spool_with_a_damaged_record(
+    directory: Path, damage: str, *, count: int = 5, damaged: int = 2
+) -> tuple[Path, int, int]:
+    """`count` messages spooled in `directory`, record `damaged` then damaged in place;
+    (segment file, the damaged record's offset, its size)."""
+    spool = await Spool.open(SpoolConfig(directory=directory))
+    for number in range(count):
+        await spool.append(message(number))
+    await spool.close()
+    [index] = _files.segments(directory)
+    path = _files.segment_path(directory, index)
+    offsets = record_offsets(path)
+    start, end = offsets[damaged], offsets[damaged + 1]
+    data = bytearray(path.read_bytes())
+    if damage == "body bits flipped":
+        data[end - 3] ^= 0xFF
+    elif damage == "header overwritten":
+        data[start : start + HEADER.size] = b"\x00" * HEADER.size
+    else:  # "length too long": the header points past the next record
+        data[start + 4 : start + 8] = (end - start + 40).to_bytes(4, "big")
+    path.write_bytes(bytes(data))
+    return path, start, end - start
+
+
+DAMAGE = ["body bits flipped", "header overwritten", "length too long"]
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+async def test_a_damaged_record_inside_the_spool_stops_the_reader_at_its_offset(
+    open_spool: SpoolFactory, tmp_path: Path, damage: str
+) -> None:
+    # Given five spooled messages, the third damaged on disk (not the torn end of a crash)
+    path, offset, _ = await spool_with_a_damaged_record(tmp_path / "spool", damage)
+
+    # When the spool is opened and read
+    logged = LogRecords()
+    logging.getLogger("foxwork.spool").addHandler(logged)
+    try:
+        spool = await open_spool()
+    finally:
+        logging.getLogger("foxwork.spool").removeHandler(logged)
+    assert await take(spool, 2) == ["id-0", "id-1"]
+
+    # Then the reader stops at the damaged record, naming the file and the offset, and
+    # nothing after it is skipped silently or cut off
+    with pytest.raises(SpoolCorrupt, match="--skip-corrupt") as raised:
+        await spool.next()
+    assert (raised.value.path, raised.value.offset) == (path, offset)
+    assert f"{path}" in str(raised.value) and f"offset {offset}" in str(raised.value)
+    assert spool.depth == 2  # id-3 and id-4, still there
+    with pytest.raises(SpoolCorrupt):
+        await spool.next()
+    assert any(
+        r.levelname == "ERROR" and f"{path} is damaged at offset {offset}" in r.getMessage()
+        for r in logged.records
+    )
+
+    # And the status shows the damage
+    [shown] = read_status(tmp_path / "spool").damaged
+    assert (shown.path, shown.offset) == (path, offset)
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+async def test_skip_corrupt_skips_to_the_next_intact_record_and_counts_the_bytes(
+    open_spool: SpoolFactory, tmp_path: Path, damage: str
+) -> None:
+    # Given five spooled messages, the third damaged
+    _, _, size = await spool_with_a_damaged_record(tmp_path / "spool", damage)
+
+    # When the spool is opened with skip_corrupt and read
+    spool = await open_spool(skip_corrupt=True)
+
+    # Then every intact message comes out, and the bytes skipped are counted
+    assert await take(spool, 4) == ["id-0", "id-1", "id-3", "id-4"]
+    assert spool.skipped_bytes == size
+    assert spool.depth == 0
+    await spool.sync_position()
+    await spool.close()
+    assert read_status(tmp_path / "spool").damaged == ()
+
+
+async def test_a_damaged_end_of_a_sealed_segment_is_no_torn_record(
+    open_spool: SpoolFactory, tmp_path: Path
+) -> None:
+    # Given two segments, the last record of the first damaged
+    spool = await open_spool(segment_bytes=400)
+    for number in range(6):
+        await spool.append(message(number))
+    await spool.close()
+    first, *_ = _files.segments(tmp_path / "spool")
+    path = _files.segment_path(tmp_path / "spool", first)
+    offsets = record_offsets(path)
+    size = path.stat().st_size
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+    # When it is opened: then the damage is reported (and the file left as it is)
+    spool = await open_spool()
+    assert await take(spool, len(offsets) - 1) == [f"id-{n}" for n in range(len(offsets) - 1)]
+    with pytest.raises(SpoolCorrupt) as raised:
+        await spool.next()
+    assert raised.value.offset == offsets[-1] and path.stat().st_size == size
+    await spool.close()
+
+    # And with skip_corrupt, the messages of the next segment come after it
+    spool = await open_spool(skip_corrupt=True)
+    assert await take(spool, 6 - len(offsets)) == [f"id-{n}" for n in range(len(offsets), 6)]
+
+
+async def test_a_publisher_drains_up_to_a_damaged_record_and_flush_spool_says_so(
+    tmp_path: Path,
+) -> None:
+    # Given a spool whose third message (of five, for the queue "orders") is damaged
+    _, offset, _ = await spool_with_a_damaged_record(tmp_path, "body bits flipped")
+    broker = MemoryBackend(queues=["orders"])
+    await broker.connect()
+
+    # When a publisher opens it with the broker up
+    async with Publisher(broker, spool=SpoolConfig(directory=tmp_path)) as publisher:
+        # Then it sends what comes before the damage, and flush_spool raises the damage
+        with pytest.raises(SpoolCorrupt, match=f"offset {offset}"):
+            await asyncio.wait_for(publisher.flush_spool(), 10)
+    assert [m.properties.message_id for m in broker.messages("orders")] == ["id-0", "id-1"]
+    assert read_status(tmp_path).depth == 2
