@@ -348,7 +348,8 @@ class TestHarness:
 
         Args:
             fail_fast: raise the exception of the first message that failed for good (see
-                below) as soon as it did, instead of waiting on.
+                below) as soon as it did, instead of waiting on. False: wait on; the
+                failures seen by then are not raised by a later call either.
             skip_delays: move the virtual clock to each pending retry's due time in turn,
                 so that every retry runs now, in the order and at the virtual times it
                 would have. False: return once nothing is ready or being processed,
@@ -358,7 +359,7 @@ class TestHarness:
         Raises:
             Exception: with `fail_fast`, the exception, with its traceback, behind the
                 first message that failed for good (dead-lettered after its last attempt,
-                or rejected) and that was not reported by an earlier `join()`. A
+                or rejected) and not seen by an earlier `join()` or `advance()`. A
                 `DeadLetter` the worker raised on purpose and a `Drop` are outcomes, not
                 errors, and are not raised (a `PoisonMessage`, a payload that fails
                 validation, is). When several messages failed, the first is raised; a note
@@ -394,6 +395,9 @@ class TestHarness:
             raise TimeoutError(f"not idle after {limit} s: {self._busy()}") from None
         if until is not None:
             self.clock.advance_to(until)
+        if not fail_fast:
+            # Seen by a caller who chose to look at them itself: not raised later either.
+            self._reported.update(id(f) for f in self.failures if f.final)
 
     async def _quiet(self, fail_fast: bool) -> None:
         """Return once no message is ready or being processed in the consumed queues."""

@@ -154,6 +154,10 @@ async def test_without_fail_fast_join_waits_and_the_failure_is_a_dead_letter():
         assert letter.headers["x-exception-type"] == "builtins.KeyError"
         assert letter.headers["x-final-attempt"] == 5
         assert all(f.final for f in harness.failures[-1:])
+        # and a later join does not raise what this one let pass
+        await harness.publish({"sku": "A-1", "qty": 1})
+        await harness.join()
+        assert len(harness.processed()) == 1
 
 
 async def test_when_several_messages_fail_the_first_is_raised_and_counts_the_others():
