@@ -186,8 +186,8 @@ class TestHarness:
     recovery timeout, a batch's flush interval) runs on real time.
 
     Args:
-        target: a `WorkerPool`, a list of pools, or an object with a `pools` attribute (an
-            application holding several pools).
+        target: a `WorkerPool`, a list of pools, or an `App` (its pools run on the queues
+            it gives them).
         workers: new workers for the copy of a single pool (a list, or a function returning
             one); by default the pool's own instances (see `fresh_pool`).
         middleware: a new chain for the copy of a single pool, likewise.
@@ -223,7 +223,9 @@ class TestHarness:
                 f"this target has {len(originals)}: build the pools you need and pass them"
             )
         self.clock = VirtualClock()
-        self.backend: MemoryBackend = _HarnessBackend(clock=self.clock)
+        backend = _HarnessBackend(clock=self.clock)
+        self.backend: MemoryBackend = backend
+        self._retry_log = backend.retry_log
         self.publisher = Publisher(self.backend)
         self.timeout = timeout
         #: Every attempt that raised, in order (see `Failure`).
@@ -472,8 +474,7 @@ class TestHarness:
         """Every retry scheduled for `queue` (every queue when None), in order: its
         `attempt`, the `delay` asked for, the `held` tier delay, its `due` virtual time,
         and whether it was `released` to its queue yet."""
-        log = self.backend.retry_log if isinstance(self.backend, _HarnessBackend) else []
-        return [r for r in log if queue is None or r.queue == queue]
+        return [r for r in self._retry_log if queue is None or r.queue == queue]
 
     def messages(self, queue: str) -> list[StoredMessage]:
         """The messages waiting in `queue`: what handlers published downstream to a queue
