@@ -65,7 +65,7 @@ class StoredMessage:
         )
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # each is one copy: compared by identity
 class ScheduledRetry:
     """A retried copy the memory broker holds for its delay (the retry queue, in RabbitMQ).
 
