@@ -47,6 +47,7 @@ quickstart = example("quickstart")
 payments = example("payments")
 batch_sqlite = example("batch_sqlite")
 tracing_console = example("tracing_console")
+app_example = example("app")
 
 
 def quickstart_pool() -> WorkerPool:
@@ -176,6 +177,26 @@ async def test_tracing_console_every_attempt_is_a_span_of_the_producers_trace():
     assert [s.status.status_code.name for s in finished] == ["ERROR", "UNSET"]
     assert [m.attempt for m in harness.processed()] == [2]
     provider.shutdown()
+
+
+@pytest.mark.parametrize("run", [1, 2])
+async def test_app_each_pool_handles_its_own_queue_in_every_test(
+    run: int, capsys: pytest.CaptureFixture[str]
+):
+    # Given the example's module-level App (run twice: its copies run, the App never does)
+    async with TestHarness(app_example.app) as harness:
+        assert harness.queues == ("invoices", "billing-events")
+        # When an invoice and an order event arrive on their queues
+        await harness.publish({"id": run}, queue="invoices")
+        await harness.publish({"event": "order.created"}, queue="billing-events")
+        await harness.join()
+        # Then each pool handled its own
+        assert [(m.queue, m.worker_id) for m in harness.processed("invoices")] == [
+            ("invoices", "invoices")
+        ]
+        assert [m.worker_id for m in harness.processed("billing-events")] == ["events"]
+    assert f"invoice {run} sent" in capsys.readouterr().out
+    assert app_example.app.state.value == "created"
 
 
 @pytest.mark.rabbitmq
