@@ -28,6 +28,7 @@ STEP_TIMEOUT = 300.0
 #: Modules that need an extra (or a tool), and what their ImportError must name then.
 OPTIONAL_MODULES = {
     "foxwork.backends.redis": "pip install 'foxwork[redis]'",
+    "foxwork.telemetry.prometheus": "pip install 'foxwork[otel]'",
     "foxwork.testing": "pytest",
 }
 

@@ -19,14 +19,20 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from opentelemetry.sdk.metrics.export import (
-    Gauge,
-    Histogram,
-    InMemoryMetricReader,
-    Metric,
-    MetricsData,
-    Sum,
-)
+try:
+    from opentelemetry.sdk.metrics.export import (
+        Gauge,
+        Histogram,
+        InMemoryMetricReader,
+        Metric,
+        MetricsData,
+        Sum,
+    )
+except ImportError as exc:  # the SDK is the optional extra foxwork[otel]
+    raise ImportError(
+        f"foxwork.telemetry.prometheus needs the OpenTelemetry SDK ({exc}): "
+        "pip install 'foxwork[otel]'"
+    ) from exc
 
 __all__ = ["PROMETHEUS_CONTENT_TYPE", "PrometheusReader", "render_prometheus"]
 
