@@ -1,10 +1,11 @@
-"""Run the whole benchmark suite on one throwaway broker: `python -m benchmarks`.
+"""Run the whole benchmark suite on throwaway brokers: `python -m benchmarks`.
 
-In order: throughput (raw aio-pika, foxwork bare, foxwork full chain, FastStream), foxwork
-on uvloop (apart from the headline, which stays on asyncio's loop), the dispatch overhead of
-the middleware chain (in memory), memory under a backlog, retry accuracy, scaling over
-processes; then the charts. Results go to `benchmarks/results/*.json`, charts to
-`docs/benchmarks/*.png`.
+In order: Redis Streams throughput on a throwaway redis-server (raw redis-py, foxwork,
+Dramatiq, Celery, taskiq-redis); then, on the RabbitMQ broker: throughput (raw aio-pika,
+foxwork bare, foxwork full chain, FastStream), foxwork on uvloop (apart from the headline,
+which stays on asyncio's loop), the dispatch overhead of the middleware chain (in memory),
+memory under a backlog, retry accuracy, scaling over processes; then the charts. Results go
+to `benchmarks/results/*.json`, charts to `docs/benchmarks/*.png`.
 
 Usage (from the repository root, after `pip install -e '.[bench]'`):
     python -m benchmarks                 # full size: about 10-15 minutes on 2 CPUs
@@ -15,15 +16,18 @@ Usage (from the repository root, after `pip install -e '.[bench]'`):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _support as s
-from . import bench_dispatch, memory_backlog, retry_accuracy, scaling, throughput
+from . import bench_dispatch, memory_backlog, redis_throughput, retry_accuracy, scaling, throughput
 
-BENCHMARKS = ("throughput", "uvloop", "dispatch", "memory", "retry", "scaling")
+BENCHMARKS = ("throughput", "uvloop", "dispatch", "memory", "retry", "scaling", "redis")
+#: The benchmarks that need a RabbitMQ broker.
+RABBITMQ_BENCHMARKS = BENCHMARKS[:-1]
 #: The candidates of the uvloop pass: foxwork on uvloop against raw aio-pika on asyncio.
 UVLOOP_CANDIDATES = "raw_aiopika,foxwork_bare_uvloop,foxwork_full_uvloop"
 #: Sizes of `--quick`, a smoke test; it leaves the committed charts alone.
@@ -34,6 +38,7 @@ QUICK = {
     "memory": {"messages": 50_000, "no_plot": True},
     "retry": {"messages": 100},
     "scaling": {"messages": 5_000, "rounds": 1},
+    "redis": {"messages": 3_000, "rounds": 1, "warmup": 500},
 }
 
 
@@ -65,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--backlog", type=int, help="memory: backlog size")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), help="throughput: event loop")
     parser.add_argument("--dispatch-messages", type=int, help="dispatch: messages per run")
+    parser.add_argument("--redis-url", help="redis: a Redis URL (default: start a redis-server)")
     args = parser.parse_args(argv)
     chosen = [b.strip() for b in args.only.split(",") if b.strip()]
     unknown = [b for b in chosen if b not in BENCHMARKS]
@@ -73,7 +79,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     quick: dict[str, dict[str, Any]] = QUICK if args.quick else {b: {} for b in BENCHMARKS}
     failures = []
     began = time.monotonic()
-    with s.broker(args.url) as broker:
+    if "redis" in chosen:
+        options = defaults(
+            redis_throughput.add_arguments,
+            quick["redis"],
+            {"messages": args.messages, "rounds": args.rounds},
+        )
+        names = redis_throughput.check(options, parser)
+        with redis_throughput.server(args.redis_url) as redis_server:
+            data = redis_throughput.run(options, names, redis_server)
+        failures += [f"redis {r['candidate']}" for r in data["runs"] if r.get("error")]
+    rabbitmq = any(b in chosen for b in RABBITMQ_BENCHMARKS)
+    # No RabbitMQ node is started when only the Redis benchmark runs.
+    unused = contextlib.nullcontext(s.Broker(""))
+    with s.broker(args.url) if rabbitmq else unused as broker:
         if "throughput" in chosen:
             options = defaults(
                 throughput.add_arguments,
