@@ -6,7 +6,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,8 +15,21 @@ import pytest
 from foxwork import Message, MessageProperties, WorkerPool, wire
 from foxwork.backends.rabbitmq import RabbitMQBackend
 from foxwork.middleware import AckNackMiddleware, RetryMiddleware
-from tests.apps.process import Completed, foxwork_env, run_foxwork
 from tests.harness.rabbitmq import RabbitMQNode
+from tests.support.deadletters import (
+    BROKEN_IDS,
+    DIAGNOSTIC_HEADERS,
+    GOOD_IDS,
+    SKU_IDS,
+    TIMEOUT_IDS,
+    UnknownSku,
+    UpstreamTimeout,
+    body_of,
+    dlq,
+    exception_name,
+    fail_broken,
+    table_rows,
+)
 
 from .conftest import BackendFactory, PoolStarter
 from .support import (
@@ -29,28 +41,7 @@ from .support import (
     put_dead_letters,
 )
 
-#: Messages the worker always handles.
-GOOD_IDS = ("order-1", "order-2", "order-3", "order-4")
-#: Messages that fail with `UnknownSku` while the worker is broken.
-SKU_IDS = ("sku-1", "sku-2", "sku-3")
-#: Messages that fail with `UpstreamTimeout` while the worker is broken.
-TIMEOUT_IDS = ("slow-1", "slow-2")
-BROKEN_IDS = SKU_IDS + TIMEOUT_IDS
 SECRET = "Sup3r-s3cret-pa55"
-#: Headers a dead letter carries and a replayed copy must not.
-DIAGNOSTIC_HEADERS = (wire.RETRY_ATTEMPT, *wire.DEAD_LETTER_HEADERS)
-
-
-class UnknownSku(Exception):
-    pass
-
-
-class UpstreamTimeout(Exception):
-    pass
-
-
-def body_of(message_id: str) -> bytes:
-    return json.dumps({"order": message_id}).encode()
 
 
 @dataclasses.dataclass
@@ -81,10 +72,8 @@ async def shop(
     state: dict[str, Shop] = {}
 
     async def behaviour(message: Message[Any]) -> None:
-        if state["shop"].broken and message.id in SKU_IDS:
-            raise UnknownSku(f"unknown SKU in {message.id}")
-        if state["shop"].broken and message.id in TIMEOUT_IDS:
-            raise UpstreamTimeout(f"upstream timeout while pricing {message.id}")
+        if state["shop"].broken:
+            fail_broken(message)
 
     worker = Recorder(behaviour)
     backend: RabbitMQBackend = await make_backend()
@@ -105,26 +94,10 @@ async def shop(
     yield shop
 
 
-async def dlq(*args: str, url: str | None = None) -> Completed:
-    """`foxwork dlq ARGS [--url URL]`, with no $FOXWORK_URL in the environment."""
-    return await run_foxwork("dlq", *args, *(("--url", url) if url else ()), env=foxwork_env())
-
-
-def table_rows(stdout: str) -> dict[str, list[str]]:
-    """The rows of `foxwork dlq list`, by id: [id, attempt, failed at, exception, reason]."""
-    header, *rows = stdout.splitlines()
-    assert re.split(r"\s{2,}", header) == ["ID", "ATTEMPT", "FAILED AT", "EXCEPTION", "REASON"]
-    return {cells[0]: cells for cells in (re.split(r"\s{2,}", row) for row in rows)}
-
-
 def assert_recent_utc(text: str) -> None:
     failed_at = datetime.fromisoformat(text)
     assert failed_at.utcoffset() == timedelta(0), f"{text} is not UTC"
     assert timedelta(0) <= datetime.now(UTC) - failed_at < timedelta(minutes=2), text
-
-
-def exception_name(cls: type[BaseException]) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 # -- list and show -----------------------------------------------------------------------

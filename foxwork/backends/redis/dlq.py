@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
@@ -34,6 +35,7 @@ from typing import Any
 
 from aiolimiter import AsyncLimiter
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from ..._redact import redact_url
@@ -368,64 +370,76 @@ class DeadLetterQueue:
         wanted = set(ids) if ids else None
         # One at a time, one every 1/rate seconds (also below one a second).
         limiter = AsyncLimiter(1, 1 / rate) if rate else None
-        replayed: list[str] = []
-        failed: list[str] = []
-        reasons: dict[str, str] = {}
-        stopped = ""
+        tally = _Tally()
         async with self._mapped("replaying") as client:
             total, last = await self._snapshot(client)
             move_back = client.register_script(MOVE_BACK)
             read = 0
-            async for entry_id, fields in self._entries(client, last):
-                if limit is not None and len(replayed) >= limit:
-                    break
-                read += 1
-                letter = self._describe(entry_id, fields)
-                shown = letter.id or entry_id.decode()
-                if chosen(letter) and (wanted is None or {letter.id, shown} & wanted):
-                    if dry_run:
-                        replayed.append(shown)
-                        reasons[shown] = letter.reason
-                    else:
-                        if limiter is not None:
-                            await limiter.acquire()
-                        try:
-                            moved = await move_back(
-                                keys=[self.name, self.keys.stream],
-                                args=[entry_id, self._config.max_len or 0, *_flat(fields)],
-                            )
-                        except CONNECTION_ERRORS as exc:
-                            stopped = (
-                                f"lost the connection to {self._url} ({exc}); dead letter "
-                                f"{shown!r} was either moved back whole or not at all"
-                            )
-                            break
-                        except RedisError as exc:
-                            logger.warning(
-                                "dead letter %r was not replayed (%s: %s); it stays in %s",
-                                shown,
-                                type(exc).__name__,
-                                exc,
-                                self.name,
-                            )
-                            failed.append(shown)
-                            reasons[shown] = letter.reason
+            try:
+                async for entry_id, fields in self._entries(client, last):
+                    if limit is not None and len(tally.replayed) >= limit:
+                        break
+                    read += 1
+                    letter = self._describe(entry_id, fields)
+                    shown = letter.id or entry_id.decode()
+                    if chosen(letter) and (wanted is None or {letter.id, shown} & wanted):
+                        if dry_run:
+                            tally.add(tally.replayed, shown, letter.reason)
                         else:
-                            if moved is None:
-                                logger.info("dead letter %r is gone (replayed meanwhile)", shown)
-                            else:
-                                replayed.append(shown)
-                                reasons[shown] = letter.reason
-                if on_progress is not None:
-                    on_progress(read, total)
+                            if limiter is not None:
+                                await limiter.acquire()
+                            tally.current = shown
+                            await self._move_back(move_back, entry_id, fields, letter, tally)
+                            tally.current = ""
+                    if on_progress is not None:
+                        on_progress(read, total)
+            except CONNECTION_ERRORS as exc:
+                tally.stopped = f"lost the connection to {self._url} ({exc})"
+                if tally.current:
+                    tally.stopped += (
+                        f"; dead letter {tally.current!r} was moved back whole or not at all"
+                    )
         return ReplayResult(
-            replayed=replayed,
-            failed=failed,
-            skipped=max(total - len(replayed) - len(failed), 0),
+            replayed=tally.replayed,
+            failed=tally.failed,
+            skipped=max(total - len(tally.replayed) - len(tally.failed), 0),
             dry_run=dry_run,
-            stopped=stopped,
-            reasons=reasons,
+            stopped=tally.stopped,
+            reasons=tally.reasons,
         )
+
+    async def _move_back(
+        self,
+        move_back: AsyncScript,
+        entry_id: bytes,
+        fields: Mapping[bytes, bytes],
+        letter: DeadLetterInfo,
+        tally: _Tally,
+    ) -> None:
+        """Run `MOVE_BACK` on one dead letter and count the outcome; a connection error
+        goes to the caller (the replay stops)."""
+        try:
+            moved = await move_back(
+                keys=[self.name, self.keys.stream],
+                args=[entry_id, self._config.max_len or 0, *_flat(fields)],
+            )
+        except CONNECTION_ERRORS:
+            raise
+        except RedisError as exc:
+            logger.warning(
+                "dead letter %r was not replayed (%s: %s); it stays in %s",
+                tally.current,
+                type(exc).__name__,
+                exc,
+                self.name,
+            )
+            tally.add(tally.failed, tally.current, letter.reason)
+            return
+        if moved is None:
+            # Replayed or purged meanwhile by someone else: nothing to do.
+            logger.info("dead letter %r is gone from %s", tally.current, self.name)
+        else:
+            tally.add(tally.replayed, tally.current, letter.reason)
 
     async def purge(self) -> int:
         """Delete every dead letter (the dead-letter stream); returns how many there were."""
@@ -436,6 +450,22 @@ class DeadLetterQueue:
                 pipe.delete(self.name)
                 count, _ = await pipe.execute()
             return int(count)
+
+
+@dataclasses.dataclass
+class _Tally:
+    """What one replay did so far."""
+
+    replayed: list[str] = dataclasses.field(default_factory=list)
+    failed: list[str] = dataclasses.field(default_factory=list)
+    reasons: dict[str, str] = dataclasses.field(default_factory=dict)
+    stopped: str = ""
+    #: The dead letter being moved back ("" between two).
+    current: str = ""
+
+    def add(self, ids: list[str], letter_id: str, reason: str) -> None:
+        ids.append(letter_id)
+        self.reasons[letter_id] = reason
 
 
 def _text(value: Any) -> str:
