@@ -203,7 +203,7 @@ def _cut(text: str, width: int) -> str:
 def print_table(letters: list[DeadLetterInfo], out: TextIO) -> None:
     rows = [
         (
-            letter.id or "-",
+            letter.id or str(letter.properties.get("entry_id") or "-"),
             str(letter.final_attempt or "-"),
             letter.failed_at or "-",
             letter.exception_type or "-",

@@ -514,3 +514,30 @@ async def test_cli_finds_the_dead_letters_of_a_backend_with_its_own_key_prefix(
         assert sorted(table_rows(found.stdout)) == sorted(BROKEN_IDS)
         assert missed.code == 2
         assert "there is no dead-letter queue 'foxwork:" in missed.stderr
+
+
+async def test_cli_names_a_dead_letter_without_a_message_id_by_its_entry_id(
+    redis_url: str, queue_name: str, make_backend: BackendFactory, redis: Redis
+) -> None:
+    # Given a dead letter another tool wrote, without a message id
+    keys = (await make_backend()).config.keys(queue_name)
+    headers = {wire.FAILURE_REASON: "bad input", wire.FINAL_ATTEMPT: 1}
+    properties = MessageProperties(headers=headers)
+    added: Any = await redis.xadd(keys.dead_letter, entries.encode(b"raw", properties))  # type: ignore[arg-type]
+    entry_id = added.decode()
+    try:
+        # When a user lists it, shows it and replays it by the id the list shows
+        listed = await dlq("list", queue_name, url=redis_url)
+        shown = await dlq("show", queue_name, entry_id, "--json", url=redis_url)
+        replayed = await dlq("replay", queue_name, "--id", entry_id, url=redis_url)
+
+        # Then the list names it by its entry id, which show and replay accept
+        assert listed.code == 0, listed.output
+        assert list(table_rows(listed.stdout)) == [entry_id]
+        assert json.loads(shown.stdout)["body"] == "raw"
+        assert replayed.stdout.splitlines() == ["replayed 1, failed 0, left alone 0"]
+        [(_, fields)] = await xrange(redis, keys.stream)
+        assert fields[b"body"] == b"raw"
+        assert await xlen(redis, keys.dead_letter) == 0
+    finally:
+        await redis.delete(keys.stream, keys.retry, keys.dead_letter)
