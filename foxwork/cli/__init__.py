@@ -21,13 +21,15 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 
 from .. import __version__
-from .._redact import RedactingFormatter, redact
+from .._redact import redact
 from ..errors import ConfigurationError
+from ..logs import ENV_LOG_FORMAT, TEXT_FORMAT, command_line_logging
 from . import demo
 from .common import (
     ENV_URL,
@@ -69,8 +71,8 @@ __all__ = [
 
 logger = logging.getLogger("foxwork.cli")
 
-#: Every log line: time, level, logger, message (URLs in it redacted).
-LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+#: Every text log line: time, level, logger, message (URLs in it redacted).
+LOG_FORMAT = TEXT_FORMAT
 
 
 # -- the parser --------------------------------------------------------------------------
@@ -140,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        with _logging(args.log_level):
+        with _logging(args.log_level, getattr(args, "log_format", "text")):
             return handler(args)
     except CommandLineError as exc:
         message = " ".join(redact(str(exc)).split())
@@ -151,19 +153,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 @contextlib.contextmanager
-def _logging(level: str) -> Iterator[None]:
-    # Log lines go to stderr, every URL in them redacted (tracebacks included).
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(RedactingFormatter(LOG_FORMAT))
-    root = logging.getLogger()
-    previous_level = root.level
-    root.addHandler(handler)
-    root.setLevel(level)
+def _logging(level: str, log_format: str) -> Iterator[None]:
+    # Log lines go to stderr, every URL in them redacted (tracebacks included), unless the
+    # application's module configures logging itself. The format reaches the worker
+    # processes of `--processes` through the environment.
+    previous = os.environ.get(ENV_LOG_FORMAT)
+    os.environ[ENV_LOG_FORMAT] = log_format
     try:
-        yield
+        with command_line_logging(level, log_format, sys.stderr):
+            yield
     finally:
-        root.removeHandler(handler)
-        root.setLevel(previous_level)
+        if previous is None:
+            del os.environ[ENV_LOG_FORMAT]
+        else:
+            os.environ[ENV_LOG_FORMAT] = previous
 
 
 # -- foxwork demo ------------------------------------------------------------------------
