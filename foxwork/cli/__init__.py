@@ -53,6 +53,7 @@ from .run import (
 )
 from .serve import serve
 from .spool import add_spool_command
+from .topology import add_topology_command
 
 __all__ = [
     "COMMANDS",
@@ -120,6 +121,7 @@ COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     add_demo_command,
     add_dlq_command,
     add_publish_command,
+    add_topology_command,
     add_spool_command,
 )
 
