@@ -397,7 +397,7 @@ def _run_command(args: argparse.Namespace) -> int:
     backend = _backend(app, settings, wait_for_broker=args.wait_for_broker)
     if settings.memory:
         logger.warning(
-            "running on the in-memory backend (--memory): messages live only in this process"
+            "running on the in-memory backend (memory=true): messages live only in this process"
         )
     # A pool is served as itself (its /health shows the pool), an App as the App.
     served: WorkerPool | App = app if isinstance(target, App) else app.pools[0]
