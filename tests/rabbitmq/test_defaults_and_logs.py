@@ -39,6 +39,13 @@ class UnknownSku(Worker[Any]):
         raise DeadLetter(f"unknown SKU {message.payload['sku']!r}")
 
 
+def json_logging_run(url: str, queue: str) -> FoxworkProcess:
+    """`foxwork run tests.apps.json_logs:pool --log-format json` on `queue`."""
+    return FoxworkProcess(
+        "run", "tests.apps.json_logs:pool", "--url", url, "--queue", queue, "--log-format", "json"
+    )
+
+
 async def publish(backend: RabbitMQBackend, queue: str, payload: Any, message_id: str) -> None:
     await backend.publish(
         queue,
@@ -97,16 +104,7 @@ async def test_foxwork_run_with_log_format_json_writes_one_json_object_per_line(
     rabbitmq_url: str, backend: RabbitMQBackend, queue_name: str
 ) -> None:
     # Given `foxwork run --log-format json` consuming from the broker
-    async with FoxworkProcess(
-        "run",
-        "tests.apps.json_logs:pool",
-        "--url",
-        rabbitmq_url,
-        "--queue",
-        queue_name,
-        "--log-format",
-        "json",
-    ) as foxwork:
+    async with json_logging_run(rabbitmq_url, queue_name) as foxwork:
         await foxwork.wait_for(r'"message": "pool \'json-logs\' running on')
 
         # When a message fails once with a transient error, then succeeds
@@ -138,16 +136,7 @@ async def test_a_dropped_connection_is_one_warning_and_the_clients_own_lines_are
     rabbitmq_node: RabbitMQNode, rabbitmq_url: str, queue_name: str, request: Any
 ) -> None:
     # Given `foxwork run` consuming, logging JSON lines at INFO
-    async with FoxworkProcess(
-        "run",
-        "tests.apps.json_logs:pool",
-        "--url",
-        rabbitmq_url,
-        "--queue",
-        queue_name,
-        "--log-format",
-        "json",
-    ) as foxwork:
+    async with json_logging_run(rabbitmq_url, queue_name) as foxwork:
         await foxwork.wait_for(r'"message": "pool \'json-logs\' running on')
         before = len(foxwork.lines)
 
