@@ -31,6 +31,7 @@ logger = logging.getLogger("foxwork.app")
 #: Settings that are `RabbitMQConsumerConfig` fields of the same name.
 _RABBITMQ_FIELDS = (
     "queue_type",
+    "topology",
     "exchange",
     "exchange_type",
     "binding_keys",

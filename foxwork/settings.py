@@ -30,6 +30,7 @@ from .backends.rabbitmq.config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HEARTBEAT,
     QueueType,
+    TopologyMode,
 )
 from .errors import ConfigurationError
 from .pool import DEFAULT_SHUTDOWN_TIMEOUT
@@ -80,6 +81,14 @@ class Settings(BaseSettings):
         QueueType.CLASSIC,
         description="classic or quorum: the type of the queues foxwork declares",
         json_schema_extra={"flag": "--queue-type"},
+    )
+    topology: TopologyMode = Field(
+        TopologyMode.DECLARE,
+        description=(
+            "declare the queues with foxwork's arguments, or attach passive(ly) to queues "
+            "that must exist, as they were declared"
+        ),
+        json_schema_extra={"flag": "--topology"},
     )
     exchange: str | None = Field(
         None,

@@ -21,7 +21,7 @@ from opentelemetry import metrics
 from ..app import URL_SCHEMES, App, describe_broker
 from ..app import make_backend as app_backend
 from ..backends.base import Backend
-from ..backends.rabbitmq.config import QueueType
+from ..backends.rabbitmq.config import QueueType, TopologyMode
 from ..errors import ConfigurationError
 from ..http import MetricsSource, PoolCounters
 from ..pool import PoolState, WorkerPool
@@ -107,6 +107,14 @@ def add_run_command(subparsers: Subparsers) -> None:
         "--queue-type",
         choices=[t.value for t in QueueType],
         help="type of the queues foxwork declares (default: classic)",
+    )
+    broker.add_argument(
+        "--topology",
+        choices=[m.value for m in TopologyMode],
+        help=(
+            "declare the queues (the default), or attach to queues that must exist as they "
+            "are (passive; see foxwork topology plan)"
+        ),
     )
     broker.add_argument("--exchange", metavar="NAME", help="exchange to bind the queues to")
     broker.add_argument(

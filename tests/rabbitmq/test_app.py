@@ -223,3 +223,20 @@ async def test_without_a_url_it_exits_2_with_one_line(names: Names, tmp_path: Pa
         "foxwork run: error: no broker URL: pass --url amqp://... or set $FOXWORK_URL, or "
         "pass --memory to run on the in-memory backend"
     ]
+
+
+async def test_a_pool_attached_with_topology_passive_refuses_a_queue_that_does_not_exist(
+    rabbitmq_url: str, names: Names, probe: RabbitProbe
+) -> None:
+    # Given a single pool run with `--topology passive` on a queue name with a typo
+    typo = f"{names.prefix}-ordres"
+    env = foxwork_env(FOXWORK_URL=rabbitmq_url, FOXWORK_TOPOLOGY="passive")
+    # When it is run
+    done = await run_foxwork("run", "tests.cli_app:pool", "--queue", typo, env=env)
+    # Then it exits 2 with one error line naming the queue, and creates nothing
+    assert done.code == 2, done.output
+    errors = [line for line in done.output.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, done.output
+    assert typo in errors[0] and "Traceback" not in done.output
+    assert not await probe.exists(typo)
+    assert not await probe.exists(f"{typo}-dlq")

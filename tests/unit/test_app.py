@@ -234,3 +234,28 @@ def test_run_explains_a_target_that_is_no_pool(
 def test_run_refuses_queue_for_an_app(capsys: pytest.CaptureFixture[str]):
     assert cli.main(["run", "tests.apps.billing:app", "--queue", "x", "--memory"]) == 2
     assert "--queue is for a single pool" in capsys.readouterr().err
+
+
+def test_the_topology_mode_reaches_every_queue_from_the_flag_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    # Given an App whose queue "c" is passive in code, and "a" left to the App-wide mode
+    app = App("shop")
+    app.add(pool("a"), queues=["a"], queue_type="quorum")
+    app.add(pool("c"), queues=["c"], topology="passive")
+    # When the environment says passive for every queue
+    monkeypatch.setenv("FOXWORK_TOPOLOGY", "passive")
+    settings = resolve_settings(app.settings, flags={"url": [URL]})
+    backend = app.make_backend(settings)
+    # Then every queue is attached passively, and a queue of its own settings keeps them
+    assert isinstance(backend, ResilientBackend) and isinstance(backend.backend, RabbitMQBackend)
+    config = backend.backend.config
+    assert config.topology is TopologyMode.PASSIVE
+    assert config.settings_for("a").queue_type is QueueType.QUORUM
+    assert config.settings_for("a").topology is TopologyMode.PASSIVE
+    # And the flag beats the environment
+    settings = resolve_settings(app.settings, flags={"url": [URL], "topology": "declare"})
+    backend = app.make_backend(settings)
+    assert isinstance(backend, ResilientBackend) and isinstance(backend.backend, RabbitMQBackend)
+    assert backend.backend.config.settings_for("a").topology is TopologyMode.DECLARE
+    assert backend.backend.config.settings_for("c").topology is TopologyMode.PASSIVE
