@@ -24,6 +24,7 @@ __all__ = [
     "Scan",
     "find_record",
     "fsync_directory",
+    "parse_record",
     "read_position",
     "read_record",
     "remove_segment",
@@ -203,6 +204,24 @@ def find_record(fd: int, start: int, file_size: int) -> int | None:
                 return candidate
         offset += _SEARCH_CHUNK
     return None
+
+
+def parse_record(buffer: bytes, at: int) -> tuple[bytes | None, int]:
+    """(payload, record size) of the record at `at` in `buffer`, or (None, 0) when the
+    buffer ends before it does.
+
+    Raises:
+        RecordError: no intact record there.
+    """
+    if at + HEADER.size > len(buffer):
+        return None, 0
+    length, crc = parse_header(buffer[at : at + HEADER.size])
+    end = at + HEADER.size + length
+    if end > len(buffer):
+        return None, 0
+    payload = buffer[at + HEADER.size : end]
+    check_payload(payload, length, crc)
+    return payload, HEADER.size + length
 
 
 def read_record(fd: int, offset: int) -> tuple[bytes, int]:

@@ -1,31 +1,38 @@
-"""`Drainer`: replays a spool to the broker in order, one confirmed publish at a time.
+"""`Drainer`: replays a spool to the broker in order, with up to `window` confirms
+awaited at once.
 
-The oldest message is published and its confirm awaited before the next is read; only a
-confirmed message is acked off the spool. A publish that fails is tried again, the same
-message, until it is confirmed: after the reconnect when the connection is down, else after
-a backoff (0.2 s doubling to 5 s). A message the broker keeps refusing (unroutable: no
-queue bound for its routing key) therefore holds up the ones behind it; each failed attempt
-is logged with the reason, and `last_error` keeps it, for `foxwork spool status` and
-`drain`. A damaged record inside the spool (`SpoolCorrupt`, unless the spool skips it)
-stops the drainer there, logged as an ERROR: `Publisher.flush_spool()` and `drain()` raise
-it.
+Spooled messages are published in the order they were spooled, on one channel, up to
+`window` of them waiting for their confirms at once (the broker keeps a channel's order);
+they are acked off the spool in that order, each once it and every message before it were
+confirmed. A publish that fails is tried again, from the oldest message not confirmed
+(messages behind it that were confirmed meanwhile are sent again: duplicates, never gaps),
+alone until it is confirmed, then the window opens again: after the reconnect when the
+connection is down, else after a backoff (0.2 s doubling to 5 s). A message the broker
+keeps refusing (unroutable: no queue bound for its routing key) therefore holds up the
+ones behind it; each failed attempt is logged with the reason, and `last_error` keeps it,
+for `foxwork spool status` and `drain`. (Messages in flight behind a refused one may reach
+the broker before it.) A damaged record inside the spool (`SpoolCorrupt`, unless the spool
+skips it) stops the drainer there, logged as an ERROR: `Publisher.flush_spool()` and
+`drain()` raise it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
 from .._redact import redact
 from ..backends._backoff import Backoff
 from ..errors import BackendError
+from ._records import SpooledMessage
 from .store import SpoolCorrupt
 
 if TYPE_CHECKING:
     from ..backends.base import Backend
-    from ._records import SpooledMessage
     from .store import Spool
 
 __all__ = ["Drainer"]
@@ -36,6 +43,10 @@ logger = logging.getLogger("foxwork.spool")
 RETRY_BACKOFF = Backoff(initial=0.2, max=5.0, multiplier=2.0, jitter=0.1)
 
 
+#: Spooled messages published and waiting for their confirms at once.
+DEFAULT_WINDOW = 1000
+
+
 class Drainer:
     """Publishes what `spool` holds through `backend`, oldest first.
 
@@ -44,16 +55,27 @@ class Drainer:
         backend: where to publish (a `ResilientBackend` is waited on while it reconnects).
         backoff: the waits between attempts while the connection is up but the publish
             fails.
+        window: publishes awaiting their confirms at once.
 
     Attributes:
         sent: messages confirmed and acked off the spool so far.
         last_error: why the last attempt failed (redacted), or None.
     """
 
-    def __init__(self, spool: Spool, backend: Backend, *, backoff: Backoff = RETRY_BACKOFF):
+    def __init__(
+        self,
+        spool: Spool,
+        backend: Backend,
+        *,
+        backoff: Backoff = RETRY_BACKOFF,
+        window: int = DEFAULT_WINDOW,
+    ) -> None:
+        if window < 1:
+            raise ValueError(f"window={window!r} must be at least 1")
         self.spool = spool
         self.backend = backend
         self.backoff = backoff
+        self.window = window
         self.sent = 0
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
@@ -66,8 +88,8 @@ class Drainer:
             )
 
     async def stop(self) -> None:
-        """Stop draining. A publish under way is abandoned: its message stays in the spool
-        (and may reach the broker twice)."""
+        """Stop draining. Publishes under way are abandoned: their messages stay in the
+        spool (and may reach the broker twice)."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -81,48 +103,127 @@ class Drainer:
             SpoolCorrupt: the next record is damaged (what comes before it was sent).
         """
         sent = self.sent
-        while self.spool.depth:
-            await self._send_next()
+        await self._run(until_empty=True)
         return self.sent - sent
 
     async def _forever(self) -> None:
         try:
-            while True:
-                await self._send_next()
+            await self._run(until_empty=False)
         except SpoolCorrupt as exc:
             self.last_error = str(exc)
             logger.error("the spool drainer stopped: %s", exc)
 
-    async def _send_next(self) -> None:
-        message = await self.spool.next()
-        await self._publish(message)
-        await self.spool.ack()
-        self.sent += 1
-
-    async def _publish(self, message: SpooledMessage) -> None:
+    async def _run(self, *, until_empty: bool) -> None:
         attempt = 0
         while True:
-            try:
-                await self.backend.publish(
-                    message.routing_key,
-                    message.body,
-                    message.properties,
-                    exchange=message.exchange,
-                )
-            except BackendError as exc:
-                attempt += 1
-                self.last_error = redact(f"{type(exc).__name__}: {exc}")
-                logger.warning(
-                    "spooled message %s not confirmed yet (attempt %d): %s",
-                    message.properties.message_id,
-                    attempt,
-                    self.last_error,
-                )
-                wait_connected = getattr(self.backend, "wait_connected", None)
-                if not self.backend.is_connected and wait_connected is not None:
-                    await wait_connected()
-                else:
-                    await asyncio.sleep(self.backoff.delay(attempt))
-            else:
-                self.last_error = None
+            # After a failure, the oldest message goes alone until it is confirmed.
+            outcome = await self._pump(1 if attempt else self.window, until_empty=until_empty)
+            if outcome is _EMPTY:
                 return
+            if outcome is _CONFIRMED:
+                attempt = 0
+                continue
+            assert isinstance(outcome, _Failed)
+            attempt += 1
+            self.last_error = redact(f"{type(outcome.error).__name__}: {outcome.error}")
+            logger.warning(
+                "spooled message %s not confirmed yet (attempt %d): %s",
+                outcome.message.properties.message_id,
+                attempt,
+                self.last_error,
+            )
+            wait_connected = getattr(self.backend, "wait_connected", None)
+            if not self.backend.is_connected and wait_connected is not None:
+                await wait_connected()
+            else:
+                await asyncio.sleep(self.backoff.delay(attempt))
+
+    async def _pump(self, window: int, *, until_empty: bool) -> object:
+        """Publish with up to `window` confirms awaited, acking in order, until the spool
+        is empty (`until_empty`), a publish fails, or (with a window of 1) one is
+        confirmed. Returns `_EMPTY`, `_CONFIRMED` or `_Failed`.
+
+        Publishes leave in the order they are started only if none of them waits before
+        it is written (for a channel to open, or for its exchange to be checked): so the
+        first publish of each pump, and the first to each exchange, goes alone.
+        """
+        in_flight: collections.deque[tuple[SpooledMessage, asyncio.Task[None]]] = (
+            collections.deque()
+        )
+        waiting: collections.deque[SpooledMessage] = collections.deque()
+        ready: set[str] = set()  # exchanges a publish of this pump was confirmed to
+        self.spool.rewind()  # what was handed out and not acked goes again
+        try:
+            while True:
+                while len(in_flight) < window:
+                    if not waiting:
+                        room = window - len(in_flight)
+                        waiting.extend(await self.spool.read_ahead(room, wait=False))
+                        if not waiting and in_flight:
+                            break
+                        if not waiting:
+                            if until_empty and not self.spool.depth:
+                                return _EMPTY
+                            waiting.extend(await self.spool.read_ahead(room))
+                    if in_flight and waiting[0].exchange not in ready:
+                        break  # it goes alone, once those in flight are confirmed
+                    message = waiting.popleft()
+                    in_flight.append((message, asyncio.ensure_future(self._publish(message))))
+                await asyncio.wait([in_flight[0][1]])
+                confirmed = 0
+                while in_flight and in_flight[0][1].done():
+                    message, task = in_flight[0]
+                    error = task.exception()
+                    if error is not None:
+                        if not isinstance(error, BackendError):
+                            raise error
+                        if confirmed:
+                            await self._acked(confirmed)
+                        return _Failed(message, error)
+                    in_flight.popleft()
+                    ready.add(message.exchange)
+                    confirmed += 1
+                if confirmed:
+                    await self._acked(confirmed)
+                if window == 1:
+                    return _CONFIRMED
+        finally:
+            await self._settle([task for _, task in in_flight])
+
+    async def _acked(self, count: int) -> None:
+        await self.spool.ack(count)
+        self.sent += count
+        self.last_error = None
+
+    async def _publish(self, message: SpooledMessage) -> None:
+        await self.backend.publish(
+            message.routing_key, message.body, message.properties, exchange=message.exchange
+        )
+
+    @staticmethod
+    async def _settle(tasks: list[asyncio.Task[None]]) -> None:
+        """Let the publishes still in flight end (each is confirmed, fails, or times out
+        within the publish timeout); their outcome no longer matters, as their messages
+        are sent again. Cancelled (the drainer stops): cancel them."""
+        if not tasks:
+            return
+        try:
+            await asyncio.wait(tasks)
+        except asyncio.CancelledError:
+            for task in tasks:
+                task.cancel()
+            raise
+        finally:
+            for task in tasks:
+                if task.done() and not task.cancelled():
+                    task.exception()  # retrieved: not "never retrieved"
+
+
+_EMPTY = object()
+_CONFIRMED = object()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Failed:
+    message: SpooledMessage
+    error: BackendError

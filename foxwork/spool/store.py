@@ -24,6 +24,7 @@ skipped (`skipped_bytes`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import errno
 import logging
@@ -54,6 +55,11 @@ logger = logging.getLogger("foxwork.spool")
 DEFAULT_MAX_BYTES = 1 << 30
 #: Default size at which a new segment is begun.
 DEFAULT_SEGMENT_BYTES = 64 << 20
+#: Bytes of records read from disk at a time by the reader.
+READ_AHEAD_BYTES = 1 << 20
+
+#: A record read: the message, where it begins (segment, offset), its size.
+_Record = tuple[SpooledMessage, tuple[int, int], int]
 
 
 class SpoolFull(FoxworkError):
@@ -183,7 +189,11 @@ class Spool:
         self._read = (0, 0)
         self._depth = 0
         self._bytes = 0
-        self._current: tuple[SpooledMessage, int] | None = None
+        #: Where the next record to read begins (after those buffered and handed out).
+        self._cursor = (0, 0)
+        #: Records read, not handed out yet; and handed out, not acked yet (oldest first).
+        self._buffer: collections.deque[_Record] = collections.deque()
+        self._handed: collections.deque[_Record] = collections.deque()
         #: Damaged bytes not read past yet, by (segment, offset).
         self._damaged: dict[tuple[int, int], DamagedRecord] = {}
         #: Bytes of damaged records skipped (`skip_corrupt`).
@@ -299,7 +309,7 @@ class Spool:
                 else "the drainer stops there; skip them with foxwork spool drain DIR "
                 "--skip-corrupt, or SpoolConfig(skip_corrupt=True)",
             )
-        self._read = position
+        self._read = self._cursor = position
         self._oldest_segment = first
         self._write_segment = indexes[-1] if indexes else first
         self._write_offset = self._ends.get(self._write_segment, 0)
@@ -473,19 +483,58 @@ class Spool:
         Raises:
             SpoolCorrupt: the next record is damaged (without `skip_corrupt`).
         """
-        while self._current is None:
-            segment, offset = self._read
-            damage = self._damaged.get(self._read)
+        while not self._handed:
+            await self.read_ahead(1)
+        return self._handed[0][0]
+
+    async def read_ahead(self, limit: int, *, wait: bool = True) -> list[SpooledMessage]:
+        """Hand out up to `limit` messages after those handed out already (and not acked),
+        oldest first, for a reader that sends several at once; `ack(count)` acks the
+        oldest `count` handed out, `rewind()` hands the unacked ones out again.
+
+        Waits for one when there is none (unless `wait` is False: then returns `[]`).
+        Returns `[]` as well when the next record is damaged while messages handed out
+        are not acked yet (the damage is raised, or skipped, once they are).
+
+        Raises:
+            SpoolCorrupt: the next record is damaged (without `skip_corrupt`), and every
+                message handed out was acked.
+        """
+        while not self._buffer:
+            segment, offset = self._cursor
+            damage = self._damaged.get(self._cursor)
             if damage is not None:
+                if self._handed:
+                    return []
                 self._pass_damage(damage)
             elif offset < self._ends.get(segment, 0):
-                self._current = await asyncio.to_thread(self._read_at, segment, offset)
+                stop = min(
+                    (at for index, at in self._damaged if index == segment and at > offset),
+                    default=self._ends[segment],
+                )
+                records = await asyncio.to_thread(self._read_many, segment, offset, stop)
+                if self._cursor == (segment, offset):  # not rolled over meanwhile
+                    self._buffer.extend(records)
+                    _, (_, last), size = records[-1]
+                    self._cursor = (segment, last + size)
             elif segment < self._last_segment:
-                self._read = (segment + 1, 0)  # the segment is drained
+                self._cursor = (segment + 1, 0)  # the segment is read through
+            elif not wait:
+                return []
             else:
                 self._readable.clear()
                 await self._readable.wait()
-        return self._current[0]
+        handed: list[SpooledMessage] = []
+        while self._buffer and len(handed) < limit:
+            record = self._buffer.popleft()
+            self._handed.append(record)
+            handed.append(record[0])
+        return handed
+
+    def rewind(self) -> None:
+        """Hand the messages handed out and not acked out again (`read_ahead`)."""
+        self._handed.extend(self._buffer)
+        self._buffer, self._handed = self._handed, collections.deque()
 
     def _pass_damage(self, damage: DamagedRecord) -> None:
         if not self.config.skip_corrupt:
@@ -494,30 +543,47 @@ class Spool:
                 self._acked.set()  # wake `wait_empty()`, to raise it
             raise self.corruption
         logger.warning("skipping %d damaged bytes of the spool segment %s", damage.size, damage)
-        del self._damaged[self._read]
-        segment, offset = self._read
-        self._read = (segment, offset + damage.size)
+        del self._damaged[self._cursor]
+        segment, offset = self._cursor
+        self._read = self._cursor = (segment, offset + damage.size)
         self.skipped_bytes += damage.size
         self._moved()
 
-    def _read_at(self, segment: int, offset: int) -> tuple[SpooledMessage, int]:
+    def _read_many(self, segment: int, offset: int, stop: int) -> list[_Record]:
+        """The intact records of `segment` from `offset` up to `stop` (at least one; at
+        most `READ_AHEAD_BYTES` of them, unless the first alone is larger)."""
         if self._read_fd is None or self._read_fd[0] != segment:
             if self._read_fd is not None:
                 os.close(self._read_fd[1])
             fd = os.open(_files.segment_path(self.directory, segment), os.O_RDONLY)
             self._read_fd = (segment, fd)
-        payload, size = _files.read_record(self._read_fd[1], offset)
-        return decode_message(payload), size
+        fd = self._read_fd[1]
+        chunk = os.pread(fd, min(stop - offset, READ_AHEAD_BYTES), offset)
+        records: list[_Record] = []
+        at = 0
+        while at < len(chunk):
+            payload, size = _files.parse_record(chunk, at)
+            if payload is None:
+                if records:
+                    break  # the rest of this record is read next time
+                payload, size = _files.read_record(fd, offset + at)
+            records.append((decode_message(payload), (segment, offset + at), size))
+            at += size
+        return records
 
-    async def ack(self) -> None:
-        """The message `next()` returned was confirmed: move past it."""
-        if self._current is None:
-            raise FoxworkError("ack() without a message from next()")
-        _, size = self._current
-        self._current = None
-        segment, offset = self._read
-        self._read = (segment, offset + size)
-        self._depth -= 1
+    async def ack(self, count: int = 1) -> None:
+        """The oldest `count` messages handed out (`next()`, `read_ahead()`) were
+        confirmed: move past them."""
+        if count < 1 or count > len(self._handed):
+            raise FoxworkError(
+                f"ack({count}) with {len(self._handed)} message(s) handed out by next()"
+            )
+        size = 0
+        for _ in range(count):
+            _, (segment, offset), last = self._handed.popleft()
+            size += last
+        self._read = (segment, offset + last)
+        self._depth -= count
         self._bytes -= size
         self._room.set()
         self._acked.set()
@@ -543,7 +609,7 @@ class Spool:
         self._write_offset = 0
         self._last_segment = self._write_segment
         self._ends[self._write_segment] = 0
-        self._read = (self._write_segment, 0)
+        self._read = self._cursor = (self._write_segment, 0)
 
     async def _write_positions(self) -> None:
         try:

@@ -12,13 +12,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from foxwork import MessageProperties, OutboundMessage, Publisher, PublishNotConfirmed
 from foxwork.backends import MemoryBackend
+from foxwork.backends._backoff import Backoff
 from foxwork.errors import ConfigurationError, ConnectionLost
 from foxwork.spool import (
+    Drainer,
     Spool,
     SpoolConfig,
     SpoolCorrupt,
@@ -697,3 +700,69 @@ async def test_a_publisher_drains_up_to_a_damaged_record_and_flush_spool_says_so
             await asyncio.wait_for(publisher.flush_spool(), 10)
     assert [m.properties.message_id for m in broker.messages("orders")] == ["id-0", "id-1"]
     assert read_status(tmp_path).depth == 2
+
+
+# -- the drainer: a window of confirms awaited at once, acked in order -------------------
+
+
+class SlowConfirms(MemoryBackend):
+    """A MemoryBackend whose publishes take a loop turn or two to be confirmed, counting
+    how many wait at once, and refusing the first `refuse` publishes of the id `refused`."""
+
+    def __init__(self, *, refused: str | None = None, refuse: int = 0) -> None:
+        super().__init__(queues=["orders"])
+        self.in_flight = self.most_in_flight = 0
+        self.refused, self.refuse = refused, refuse
+
+    async def publish(
+        self, routing_key: str, body: bytes, properties: Any = None, *, exchange: str = ""
+    ) -> None:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0)
+            if properties.message_id == self.refused and self.refuse:
+                self.refuse -= 1
+                raise PublishNotConfirmed("nacked, for the test")
+            await super().publish(routing_key, body, properties, exchange=exchange)
+            await asyncio.sleep(0)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_the_drainer_keeps_a_window_of_publishes_in_flight_and_acks_in_order(
+    open_spool: SpoolFactory,
+) -> None:
+    spool = await open_spool()
+    await asyncio.gather(*(spool.append(message(n)) for n in range(500)))
+    broker = SlowConfirms()
+    await broker.connect()
+
+    sent = await Drainer(spool, broker, window=64).drain()
+
+    assert sent == 500 and spool.depth == 0
+    assert broker.most_in_flight == 64
+    ids = [m.properties.message_id for m in broker.messages("orders")]
+    assert ids == [f"id-{n}" for n in range(500)]
+
+
+async def test_after_a_refused_publish_the_drainer_sends_again_from_it_alone_first(
+    open_spool: SpoolFactory,
+) -> None:
+    # Given 100 spooled messages, the 10th refused twice by the broker
+    spool = await open_spool()
+    await asyncio.gather(*(spool.append(message(n)) for n in range(100)))
+    broker = SlowConfirms(refused="id-10", refuse=2)
+    await broker.connect()
+    drainer = Drainer(spool, broker, window=16, backoff=Backoff(initial=0.001, max=0.001))
+
+    # When it is drained
+    sent = await asyncio.wait_for(drainer.drain(), 10)
+
+    # Then every message arrives, the ones confirmed behind the refused one twice at most,
+    # and the spool is empty
+    assert sent == 100 and spool.depth == 0 and drainer.last_error is None
+    ids = [m.properties.message_id for m in broker.messages("orders")]
+    assert set(ids) == {f"id-{n}" for n in range(100)}
+    assert len(ids) - 100 <= 15, f"{len(ids) - 100} duplicates"
+    assert ids[:10] == [f"id-{n}" for n in range(10)]
