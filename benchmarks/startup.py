@@ -113,7 +113,7 @@ def import_offenders(top: int) -> list[dict[str, Any]]:
         text=True,
         check=True,
     )
-    rows = []
+    rows: list[dict[str, Any]] = []
     for line in done.stderr.splitlines():
         if not line.startswith("import time:") or "[us]" in line:
             continue
@@ -126,7 +126,7 @@ def import_offenders(top: int) -> list[dict[str, Any]]:
                 "cumulative_us": int(cumulative_us),
             }
         )
-    rows.sort(key=lambda r: -int(r["cumulative_us"]))
+    rows.sort(key=lambda r: -r["cumulative_us"])
     return rows[:top]
 
 
