@@ -21,11 +21,17 @@ __all__ = [
     "replay_choice",
 ]
 
-#: Headers foxwork and the broker add to a dead letter, and the counts of its attempts and
-#: deliveries: a replayed copy drops them, it starts afresh (a first attempt, no
-#: `x-retry-attempt`).
+#: Headers foxwork and the broker add to a dead letter (its diagnostics and traceback), and
+#: the counts of its attempts and deliveries: a replayed copy drops them, it starts afresh
+#: (a first attempt, no `x-retry-attempt`, no traceback of a failure it has not had).
 REPLAY_DROPPED_HEADERS = frozenset(
-    (wire.RETRY_ATTEMPT, wire.REDELIVERY_COUNT, *wire.DEAD_LETTER_HEADERS, *wire.BROKER_HEADERS)
+    (
+        wire.RETRY_ATTEMPT,
+        wire.REDELIVERY_COUNT,
+        wire.EXCEPTION_TRACEBACK,
+        *wire.DEAD_LETTER_HEADERS,
+        *wire.BROKER_HEADERS,
+    )
 )
 
 

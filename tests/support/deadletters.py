@@ -33,7 +33,7 @@ SKU_IDS = ("sku-1", "sku-2", "sku-3")
 TIMEOUT_IDS = ("slow-1", "slow-2")
 BROKEN_IDS = SKU_IDS + TIMEOUT_IDS
 #: Headers a dead letter carries and a replayed copy must not.
-DIAGNOSTIC_HEADERS = (wire.RETRY_ATTEMPT, *wire.DEAD_LETTER_HEADERS)
+DIAGNOSTIC_HEADERS = (wire.RETRY_ATTEMPT, wire.EXCEPTION_TRACEBACK, *wire.DEAD_LETTER_HEADERS)
 
 
 class UnknownSku(Exception):
