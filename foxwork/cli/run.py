@@ -509,6 +509,8 @@ def _supervise(args: argparse.Namespace, flags: Mapping[str, Any]) -> int:
         args.target,
         "--log-level",
         settings.log_level,
+        "--log-format",
+        args.log_format,
         "--loop",
         args.loop,
     ]

@@ -162,3 +162,20 @@ def test_the_log_level_comes_from_the_environment_unless_given_as_a_flag(
     assert cli.main(["run", "tests.cli_app:pool", "--memory"]) == 0
     assert cli.main(["run", "tests.cli_app:pool", "--memory", "--log-level", "DEBUG"]) == 0
     assert levels == [30, 10]
+
+
+def test_worker_processes_log_in_the_format_of_their_parent(monkeypatch: pytest.MonkeyPatch):
+    # Given a supervisor that records the children's command line
+    seen: list[list[str]] = []
+
+    async def supervise(child: list[str], processes: int, *, env: dict[str, str]) -> int:
+        seen.append(child)
+        return 0
+
+    monkeypatch.setattr("foxwork.cli.supervisor.supervise", supervise)
+    # When foxwork run starts two processes logging JSON
+    args = ["run", "tests.cli_app:pool", "--processes", "2", "--url", URL, "--log-format", "json"]
+    assert cli.main(args) == 0
+    # Then each child is told so on its command line, not only through the environment
+    [child] = seen
+    assert child[child.index("--log-format") + 1] == "json"
