@@ -33,7 +33,8 @@ class WorkerPoolBuilder:
     def __init__(self, name: str = "foxwork") -> None:
         self._name = name
         self._workers: list[Worker[Any]] = []
-        self._middleware: list[Middleware] = []
+        # None until with_middleware() is called: build() then gives the standard chain.
+        self._middleware: list[Middleware] | None = None
         self._strategy = LoadBalancingStrategy.ROUND_ROBIN
         self._concurrency_limit = DEFAULT_CONCURRENCY_LIMIT
         self._queues: list[str] = []
@@ -49,7 +50,14 @@ class WorkerPoolBuilder:
         return self
 
     def with_middleware(self, middleware: Middleware) -> WorkerPoolBuilder:
-        """Add a layer inside the ones added before (the first added is outermost)."""
+        """Add a layer inside the ones added before (the first added is outermost).
+
+        A builder never given a layer builds a pool with the standard chain, as
+        `WorkerPool(...)` without `middleware=` does; once this is called, the pool has
+        exactly the layers added.
+        """
+        if self._middleware is None:
+            self._middleware = []
         self._middleware.append(middleware)
         return self
 

@@ -70,8 +70,15 @@ def test_the_builder_and_the_constructor_build_pools_with_equal_settings() -> No
 def test_builder_defaults_equal_constructor_defaults() -> None:
     worker = RecordingWorker()
     built = WorkerPoolBuilder().add_worker(worker).build()
-    # A builder given no layer passes an empty list: a bare pool, like `middleware=[]`.
-    assert settings(built) == settings(WorkerPool(workers=[worker], middleware=[]))
+    constructed = WorkerPool(workers=[worker])
+
+    # A builder given no layer passes None: the standard chain, as the constructor gives.
+    # Layers are new objects per pool, so their types are compared.
+    assert [type(layer) for layer in built.middleware] == [
+        type(layer) for layer in constructed.middleware
+    ]
+    assert built.middleware
+    assert {**settings(built), "middleware": None} == {**settings(constructed), "middleware": None}
 
 
 @pytest.mark.parametrize(
