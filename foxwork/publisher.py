@@ -381,24 +381,31 @@ class Publisher:
         `outcome.spooled`)."""
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight={max_in_flight!r} must be at least 1")
-        slots = asyncio.Semaphore(max_in_flight)
         outcomes: list[PublishOutcome] = []
+        pending = iter(items)
+        workers = 0
 
-        async def send(index: int, item: OutboundMessage) -> None:
-            try:
-                if (await self._send(item)).spooled:
-                    outcomes[index] = PublishOutcome(outcomes[index].message_id, spooled=True)
-            except Exception as exc:
-                outcomes[index] = PublishOutcome(outcomes[index].message_id, exc)
-            finally:
-                slots.release()
-
-        async with asyncio.TaskGroup() as group:
-            for item in items:
+        # Up to `max_in_flight` workers take the items in order, one at a time, each
+        # starting the next worker before its first publish while there may be more: no
+        # task, no semaphore per message.
+        async def worker(group: asyncio.TaskGroup) -> None:
+            nonlocal workers
+            for item in pending:
                 if item.message_id is None:
                     item = dataclasses.replace(item, message_id=uuid.uuid4().hex)
                 assert item.message_id is not None
+                index = len(outcomes)
                 outcomes.append(PublishOutcome(item.message_id))
-                await slots.acquire()
-                group.create_task(send(len(outcomes) - 1, item))
+                if workers < max_in_flight:
+                    workers += 1
+                    group.create_task(worker(group))
+                try:
+                    if (await self._send(item)).spooled:
+                        outcomes[index] = PublishOutcome(item.message_id, spooled=True)
+                except Exception as exc:
+                    outcomes[index] = PublishOutcome(item.message_id, exc)
+
+        async with asyncio.TaskGroup() as group:
+            workers = 1
+            group.create_task(worker(group))
         return outcomes

@@ -49,6 +49,8 @@ HEADER = struct.Struct(">2sBBII")
 #: The longest payload a record may hold (a longer length field is a torn or bad record).
 MAX_PAYLOAD = 1 << 30
 _META_LENGTH = struct.Struct(">I")
+#: `json.dumps(..., separators=...)` would build an encoder per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 #: The properties held as text (every `str | None` field of `MessageProperties`).
 _TEXT_PROPERTIES = tuple(
     field.name
@@ -112,24 +114,25 @@ def check_payload(payload: bytes, length: int, crc: int) -> None:
 def encode_message(message: SpooledMessage) -> bytes:
     """The payload of a record holding `message`."""
     properties = message.properties
-    fields: dict[str, Any] = {
-        name: getattr(properties, name)
-        for name in _TEXT_PROPERTIES
-        if getattr(properties, name) is not None
-    }
+    fields: dict[str, Any] = {}
+    for name in _TEXT_PROPERTIES:
+        value = getattr(properties, name)
+        if value is not None:
+            fields[name] = value
     if properties.priority is not None:
         fields["priority"] = properties.priority
     if properties.timestamp is not None:
         fields["timestamp"] = properties.timestamp.isoformat()
     fields["delivery_mode"] = properties.delivery_mode
+    headers = properties.headers
     meta = {
         "exchange": message.exchange,
         "routing_key": message.routing_key,
         "spooled_at": message.spooled_at,
         "properties": fields,
-        "headers": _tag(dict(properties.headers)),
+        "headers": _tag(dict(headers)) if headers else {},
     }
-    encoded = json.dumps(meta, separators=(",", ":")).encode()
+    encoded = _ENCODER.encode(meta).encode()
     return _META_LENGTH.pack(len(encoded)) + encoded + message.body
 
 

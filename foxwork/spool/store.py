@@ -381,7 +381,8 @@ class Spool:
             self._flusher = asyncio.get_running_loop().create_task(
                 self._flush(), name="foxwork-spool-flush"
             )
-        await asyncio.shield(done)
+        # Not shielded: the record is written whether or not its caller still waits.
+        await done
 
     async def _flush(self) -> None:
         # Group commit: each round writes and fsyncs every record appended until it began.
@@ -429,20 +430,22 @@ class Spool:
         ends: dict[int, int] = {}
         durable = written = 0
         batch_start = self._write_offset
+        limit = self.config.segment_bytes
         try:
+            # One write() per segment the group goes to, then one fsync.
+            chunk: list[bytes] = []
             for record in records:
-                limit = self.config.segment_bytes
                 if self._write_offset and self._write_offset + len(record) > limit:
+                    self._write_all(chunk)
+                    chunk = []
                     self._seal()
                     ends[self._write_segment - 1] = self._sealed_end
                     batch_start = 0
                     durable = written
-                fd = self._writer()
-                view = memoryview(record)
-                while view:
-                    view = view[os.write(fd, view) :]
+                chunk.append(record)
                 self._write_offset += len(record)
                 written += 1
+            self._write_all(chunk)
             os.fsync(self._writer())
         except OSError as exc:
             # Nothing after the last fsync is durable: cut it off, so that no record half
@@ -454,6 +457,12 @@ class Spool:
             return durable, ends, exc
         ends[self._write_segment] = self._write_offset
         return written, ends, None
+
+    def _write_all(self, records: list[bytes]) -> None:
+        view = memoryview(b"".join(records))
+        fd = self._writer()
+        while view:
+            view = view[os.write(fd, view) :]
 
     def _writer(self) -> int:
         if self._write_fd is None:

@@ -766,3 +766,15 @@ async def test_after_a_refused_publish_the_drainer_sends_again_from_it_alone_fir
     assert set(ids) == {f"id-{n}" for n in range(100)}
     assert len(ids) - 100 <= 15, f"{len(ids) - 100} duplicates"
     assert ids[:10] == [f"id-{n}" for n in range(10)]
+
+
+async def test_publish_many_keeps_at_most_max_in_flight_publishes_waiting() -> None:
+    broker = SlowConfirms()
+    await broker.connect()
+
+    outcomes = await Publisher(broker).publish_many(
+        (OutboundMessage(n, "orders") for n in range(300)), max_in_flight=50
+    )
+
+    assert all(o.confirmed for o in outcomes) and broker.most_in_flight == 50
+    assert [m.body for m in broker.messages("orders")] == [str(n).encode() for n in range(300)]
