@@ -172,3 +172,44 @@ async def test_a_refused_downstream_publish_leaves_the_inbound_message_retried_n
     assert dead.message_id == "in-1"
     assert "no-such-exchange" in dead.headers["x-failure-reason"]
     assert await asyncio.wait_for(probe.ready(queue_name), 5) == 0
+
+
+async def test_a_downstream_publish_the_broker_nacks_leaves_the_inbound_message_retried(
+    backend: RabbitMQBackend,
+    start_pool: PoolStarter,
+    probe: RabbitProbe,
+    queue_name: str,
+) -> None:
+    # Given a downstream queue the broker refuses every publish to (it nacks them: the
+    # queue is full at length 0 and rejects publishes), and a handler publishing there
+    downstream = f"{queue_name}-full"
+    await backend.declare(queue_name)
+    await probe.declare_plain_queue(
+        downstream, **{"x-max-length": 0, "x-overflow": "reject-publish"}
+    )
+    worker = Transform(downstream)
+    try:
+        await Publisher(backend).publish({"n": 1}, routing_key=queue_name, message_id="in-1")
+
+        # When the pool consumes the inbound message, with three attempts
+        await start_pool(
+            backend,
+            worker,
+            middleware=[
+                AckNackMiddleware(),
+                RetryMiddleware(max_attempts=3, initial_backoff=0.05, jitter=0.0),
+            ],
+        )
+
+        # Then no attempt was acked: each was retried after its nacked downstream publish,
+        # and the last dead-lettered with the reason; nothing reached the downstream queue
+        dlq = f"{queue_name}-dlq"
+        await probe.wait_for_ready(dlq, 1)
+        assert worker.attempts == [1, 2, 3]
+        [dead] = await probe.take(dlq)
+        assert dead.message_id == "in-1"
+        assert "nack" in dead.headers["x-failure-reason"].lower()
+        assert await probe.ready(downstream) == 0
+        assert await asyncio.wait_for(probe.ready(queue_name), 5) == 0
+    finally:
+        await probe.delete_queues(downstream)
