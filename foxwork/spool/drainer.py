@@ -187,6 +187,10 @@ class Drainer:
                     await self._acked(confirmed)
                 if window == 1:
                     return _CONFIRMED
+        except asyncio.CancelledError:
+            for _, task in in_flight:
+                task.cancel()  # the drainer stops: abandon them
+            raise
         finally:
             await self._settle([task for _, task in in_flight])
 
@@ -203,19 +207,12 @@ class Drainer:
     @staticmethod
     async def _settle(tasks: list[asyncio.Task[None]]) -> None:
         """Let the publishes still in flight end (each is confirmed, fails, or times out
-        within the publish timeout); their outcome no longer matters, as their messages
-        are sent again. Cancelled (the drainer stops): cancel them."""
-        if not tasks:
-            return
-        try:
+        within the publish timeout; cancelled ones at once): their outcome no longer
+        matters, as their messages are sent again."""
+        if tasks:
             await asyncio.wait(tasks)
-        except asyncio.CancelledError:
             for task in tasks:
-                task.cancel()
-            raise
-        finally:
-            for task in tasks:
-                if task.done() and not task.cancelled():
+                if not task.cancelled():
                     task.exception()  # retrieved: not "never retrieved"
 
 

@@ -34,6 +34,7 @@ from foxwork.spool import (
     store,
 )
 from foxwork.spool._records import HEADER, encode_message, frame, parse_header
+from tests.support.waiting import wait_until
 
 SpoolFactory = Callable[..., Awaitable[Spool]]
 
@@ -778,3 +779,34 @@ async def test_publish_many_keeps_at_most_max_in_flight_publishes_waiting() -> N
 
     assert all(o.confirmed for o in outcomes) and broker.most_in_flight == 50
     assert [m.body for m in broker.messages("orders")] == [str(n).encode() for n in range(300)]
+
+
+class HangingConfirms(MemoryBackend):
+    """A MemoryBackend whose publishes wait for a confirm that never comes."""
+
+    def __init__(self) -> None:
+        super().__init__(queues=["orders"])
+        self.started = 0
+
+    async def publish(
+        self, routing_key: str, body: bytes, properties: Any = None, *, exchange: str = ""
+    ) -> None:
+        self.started += 1
+        await asyncio.Event().wait()
+
+
+async def test_stopping_the_drainer_abandons_the_publishes_in_flight(
+    open_spool: SpoolFactory,
+) -> None:
+    # Given a drainer whose publishes are never confirmed
+    spool = await open_spool()
+    await asyncio.gather(*(spool.append(message(n)) for n in range(10)))
+    broker = HangingConfirms()
+    await broker.connect()
+    drainer = Drainer(spool, broker, window=4)
+    drainer.start()
+    await wait_until(lambda: broker.started >= 1, what="a publish started")
+
+    # When it is stopped: then it returns at once, and every message is still spooled
+    await asyncio.wait_for(drainer.stop(), 5)
+    assert spool.depth == 10 and drainer.sent == 0
