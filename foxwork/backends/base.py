@@ -192,6 +192,16 @@ class Backend(abc.ABC):
         the broker's confirm. Raises `PublishNotConfirmed` when it is not confirmed, and
         `ConnectionLost` when not connected."""
 
+    async def queue_depth(self, queue: str) -> int | None:
+        """How many messages of `queue` wait to be delivered to a consumer, or None when the
+        backend cannot tell (the default). What counts is the backend's (RabbitMQ: the
+        queue's ready messages; delivered but unacked and delayed retries are not counted).
+
+        Sampled at a low rate for the `foxwork.queue.depth` gauge; never on a message's
+        path. Raises `BackendError` (`ConnectionLost` when not connected) when asking fails.
+        """
+        return None
+
     def add_connection_lost_callback(self, callback: ConnectionLostCallback) -> None:
         """Call `callback(exc)` when the connection dies unexpectedly (not on `close()`)."""
         callbacks: list[ConnectionLostCallback] = self.__dict__.setdefault(

@@ -452,6 +452,13 @@ class MemoryBackend(Backend):
         """The dead letters of `queue` (the contents of `Q-dlq`)."""
         return self.messages(wire.dead_letter_queue_name(queue))
 
+    async def queue_depth(self, queue: str) -> int | None:
+        """The messages waiting in `queue` to be delivered (not the unacked or delayed
+        ones, unlike `depth`); None for a queue that was never declared."""
+        self._require_connection()
+        q = self._queues.get(queue)
+        return None if q is None else len(q.messages)
+
     def depth(self, queue: str) -> int:
         """Messages waiting + unacked + delayed for `queue`."""
         q = self._queue(queue)

@@ -416,6 +416,12 @@ class ResilientBackend(Backend):
 
     # -- delegated -------------------------------------------------------------------
 
+    async def queue_depth(self, queue: str) -> int | None:
+        """The wrapped backend's `queue_depth`; None while not connected."""
+        if not self.is_connected:
+            return None
+        return await self.backend.queue_depth(queue)
+
     async def publish(
         self,
         routing_key: str,

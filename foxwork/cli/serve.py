@@ -108,7 +108,8 @@ async def serve(
         broker: how logs and errors name the backend (a URL in it is redacted).
         http: (host, port, PrometheusReader or None) to serve /health, /ready and /metrics
             on while the pool runs (from before the first connect, so /health answers while
-            the broker is awaited).
+            the broker is awaited). With a reader, /metrics also has the depth of every
+            consumed queue, sampled every `QUEUE_DEPTH_INTERVAL` seconds once the pools run.
         freeze_heap: once the pool has started, freeze the objects alive then, so that
             garbage collections skip them (`foxwork.cli.heap.freeze_startup_heap`); the
             command line does unless `--no-gc-freeze`.
@@ -131,6 +132,7 @@ async def serve(
     signals = _Signals(app, shutdown_timeout)
     signals.install(loop)
     server = await _start_http(pool, app, backend, http) if http is not None else None
+    depths: telemetry.QueueDepthSampler | None = None
     orphan_watch = _watch_supervisor(signals)
     try:
         if not await _connect(backend, broker, stop=signals.requested):
@@ -148,12 +150,20 @@ async def serve(
                 freeze_startup_heap(),
             )
         _log_running(app, broker)
+        if http is not None and http[2] is not None:
+            # Sampled from now on, so that the first scrape after start-up has the depths.
+            depths = telemetry.QueueDepthSampler(
+                backend, (q for b in app.bindings for q in b.queues)
+            )
+            depths.start()
         await signals.requested.wait()
         report = await app.shutdown(shutdown_timeout)
     finally:
         signals.uninstall(loop)
         if orphan_watch is not None:
             orphan_watch.cancel()
+        if depths is not None:
+            await depths.stop()
         if server is not None:
             await server.close()
         await backend.close()

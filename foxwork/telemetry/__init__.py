@@ -32,6 +32,11 @@ Other sources, registered once:
   `to` on transitions).
 - `observe_connection(is_connected, name=...)`: `foxwork.connection.up` (1 connected,
   0 not), with the attribute `backend`.
+- `QueueDepthSampler(backend, queues)`: `foxwork.queue.depth`, the messages waiting in
+  each queue to be delivered (`Backend.queue_depth`), sampled every 15 s
+  (`QUEUE_DEPTH_INTERVAL`), with the attribute `messaging.destination.name`; a queue whose
+  last sample failed is not reported. `foxwork run --http-port` runs one for every queue
+  it consumes.
 
 Log correlation: `MessageLogFilter` adds `message_id`, `attempt`, `trace_id` and `span_id`
 to log records emitted while `TracingMiddleware` processes a message.
@@ -58,21 +63,25 @@ from ._context import (
     get_tracer,
     inject_context,
 )
+from ._depth import QUEUE_DEPTH_INTERVAL, QueueDepthSampler
 from ._metrics import (
     MessageMetrics,
     MessageSeries,
     get_meter,
     observe_circuit,
     observe_connection,
+    observe_queue_depths,
 )
 from .names import *  # noqa: F403  (every name; see `names.__all__`)
 
 __all__ = [
     "HEADER_GETTER",
+    "QUEUE_DEPTH_INTERVAL",
     "HeaderGetter",
     "MessageLogFilter",
     "MessageMetrics",
     "MessageSeries",
+    "QueueDepthSampler",
     "current_message",
     "enter_message",
     "exit_message",
@@ -81,5 +90,6 @@ __all__ = [
     "inject_context",
     "observe_circuit",
     "observe_connection",
+    "observe_queue_depths",
 ]
 __all__ += names.__all__

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from opentelemetry import metrics
@@ -31,6 +31,8 @@ from .names import (
     MESSAGES_PROCESSED,
     MESSAGES_RECEIVED,
     MESSAGES_RETRIED,
+    MESSAGING_DESTINATION_NAME,
+    QUEUE_DEPTH,
     VERSION,
 )
 
@@ -40,6 +42,7 @@ __all__ = [
     "get_meter",
     "observe_circuit",
     "observe_connection",
+    "observe_queue_depths",
 ]
 
 
@@ -198,6 +201,21 @@ def observe_connection(
     return lambda: registry.connections.discard(entry)
 
 
+def observe_queue_depths(
+    depths: Callable[[], Mapping[str, int]], *, meter_provider: MeterProvider | None = None
+) -> Callable[[], None]:
+    """Report `foxwork.queue.depth` for each queue of `depths()` (queue → messages), under
+    the attribute `messaging.destination.name`.
+
+    `depths` is called at every collection and must be cheap: it returns depths sampled
+    before (see `QueueDepthSampler`), it does not ask the broker. A queue missing from
+    it is not reported. Returns a function that stops the reporting.
+    """
+    registry = _registry(meter_provider)
+    registry.depths.add(depths)
+    return lambda: registry.depths.discard(depths)
+
+
 class _Circuit:
     __slots__ = ("attributes", "breaker", "transitions")
 
@@ -230,6 +248,7 @@ class _Registry:
         self.messages: list[MessageMetrics] = []
         self.circuits: set[_Circuit] = set()
         self.connections: set[_Connection] = set()
+        self.depths: set[Callable[[], Mapping[str, int]]] = set()
         for name, field, description in (
             (MESSAGES_RECEIVED, "received", "Deliveries received"),
             (MESSAGES_PROCESSED, "processed", "Deliveries processed without an error"),
@@ -272,6 +291,12 @@ class _Registry:
             CONNECTION_UP,
             [self._connections],
             description="1 while the backend is connected, 0 otherwise",
+        )
+        meter.create_observable_gauge(
+            QUEUE_DEPTH,
+            [self._queue_depths],
+            unit="{message}",
+            description="Messages waiting in the queue to be delivered, sampled",
         )
 
     def add_messages(self, table: MessageMetrics) -> None:
@@ -316,6 +341,20 @@ class _Registry:
                 up = 0
             observations.append(Observation(up, connection.attributes))
         return observations
+
+    def _queue_depths(self, options: CallbackOptions) -> Iterable[Observation]:
+        totals: dict[str, int] = {}
+        for depths in list(self.depths):
+            try:
+                sampled = dict(depths())
+            except Exception:
+                continue
+            # Two sources sampling one queue see the same queue: the last one wins.
+            totals.update(sampled)
+        return [
+            Observation(depth, {MESSAGING_DESTINATION_NAME: queue})
+            for queue, depth in totals.items()
+        ]
 
 
 # One registry per meter provider, so that instruments are created once per provider (the

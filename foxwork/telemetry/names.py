@@ -36,6 +36,7 @@ __all__ = [
     "MESSAGING_OPERATION_TYPE",
     "MESSAGING_ROUTING_KEY",
     "MESSAGING_SYSTEM",
+    "QUEUE_DEPTH",
     "VERSION",
 ]
 
@@ -72,6 +73,9 @@ CIRCUIT_STATE = "foxwork.circuit.state"
 CIRCUIT_TRANSITIONS = "foxwork.circuit.transitions"
 #: Gauge: 1 while a backend is connected, 0 otherwise.
 CONNECTION_UP = "foxwork.connection.up"
+#: Gauge: messages waiting in a queue to be delivered, sampled (`QueueDepthSampler`), with
+#: the attribute `messaging.destination.name`.
+QUEUE_DEPTH = "foxwork.queue.depth"
 
 #: Gauge value of each circuit state (by `CircuitState` member name): worse is higher.
 CIRCUIT_STATE_VALUES = {"CLOSED": 0, "HALF_OPEN": 1, "OPEN": 2}

@@ -90,6 +90,9 @@ class RabbitMQBackend(Backend):
         # The topology channel is opened once, however many callers need it at once.
         self._channel_opening = asyncio.Lock()
         self._topology_channel: AbstractChannel | None = None
+        # The channel of `queue_depth`'s passive declares, and the sample being taken.
+        self._depth_channel: AbstractChannel | None = None
+        self._depth_sampling = asyncio.Lock()
         self._consumers: list[RabbitConsumer] = []
         #: Re-establishes consumers the broker cancelled, unless a ResilientBackend took
         #: their recovery over (see `Consumer.on_gone`).
@@ -150,6 +153,7 @@ class RabbitMQBackend(Backend):
         self._url = url
         self._publishers.forget()
         self._topology_channel = None
+        self._depth_channel = None
         self.topology.forget()
         connection.close_callbacks.add(self._on_connection_closed)
         logger.info("connected to %s", redact_url(url))
@@ -202,6 +206,12 @@ class RabbitMQBackend(Backend):
 
     # -- topology and consuming ------------------------------------------------------
 
+    async def _open_channel(self, what: str = "opening a channel") -> AbstractChannel:
+        """A new channel without publisher confirms."""
+        connection = self._require_connection()
+        async with mapped(what):
+            return await connection.channel(publisher_confirms=False)
+
     async def _raw_topology_channel(self) -> RawChannel:
         channel = self._topology_channel
         if channel is None or channel.is_closed:
@@ -209,10 +219,7 @@ class RabbitMQBackend(Backend):
                 # Declarations that arrive together share the channel the first one opens.
                 channel = self._topology_channel
                 if channel is None or channel.is_closed:
-                    connection = self._require_connection()
-                    async with mapped("opening a channel"):
-                        channel = await connection.channel(publisher_confirms=False)
-                    self._topology_channel = channel
+                    channel = self._topology_channel = await self._open_channel()
         async with mapped("opening a channel"):
             return await channel.get_underlay_channel()
 
@@ -224,6 +231,36 @@ class RabbitMQBackend(Backend):
         except TopologyConflict:
             self._topology_channel = None  # the broker closed it
             raise
+
+    async def queue_depth(self, queue: str) -> int | None:
+        """The ready messages of `queue` (`message_count` of a passive declare): those
+        waiting to be delivered; delivered but unacked ones, and retries waiting in their
+        delay queues, are not counted. None when the queue does not exist.
+
+        The declare goes on a channel of its own (a missing queue makes the broker close
+        the channel it was asked on), kept open for the next sample.
+        """
+        async with self._depth_sampling:
+            channel = self._depth_channel
+            if channel is None or channel.is_closed:
+                channel = self._depth_channel = await self._open_channel()
+            try:
+                async with (
+                    mapped(f"asking for the depth of {queue!r}"),
+                    asyncio.timeout(self.config.connect_timeout),
+                ):
+                    raw = await channel.get_underlay_channel()
+                    declared = await raw.queue_declare(queue, passive=True)
+            except BackendError as exc:
+                self._depth_channel = None
+                if not channel.is_closed:  # a timeout: the answer may still come on it
+                    with contextlib.suppress(*TRANSPORT_ERRORS, TimeoutError):
+                        async with asyncio.timeout(self.config.connect_timeout):
+                            await channel.close()
+                if isinstance(exc.__cause__, aiormq.exceptions.ChannelNotFoundEntity):
+                    return None
+                raise
+            return declared.message_count
 
     async def consume(self, queue: str, intake: Intake, *, prefetch: int) -> Consumer:
         consumer = RabbitConsumer(
@@ -320,9 +357,7 @@ class RabbitMQBackend(Backend):
         async with self._exchange_checks:
             if exchange in self._exchanges:
                 return
-            connection = self._require_connection()
-            async with mapped(f"checking {where}"):
-                channel = await connection.channel(publisher_confirms=False)
+            channel = await self._open_channel(f"checking {where}")
             try:
                 raw = await channel.get_underlay_channel()
                 await raw.exchange_declare(exchange, passive=True)
