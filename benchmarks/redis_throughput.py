@@ -45,6 +45,8 @@ CANDIDATES: dict[str, tuple[str, tuple[str, ...]]] = {
     "foxwork_bare": ("redis_foxwork", ("--chain", "bare")),
     "foxwork_full": ("redis_foxwork", ("--chain", "full")),
     "foxwork_bare_uvloop": ("redis_foxwork", ("--chain", "bare", "--loop", "uvloop")),
+    # foxwork with COUNT 256, the raw loop's (the backend's default batch_size is 64).
+    "foxwork_bare_b256": ("redis_foxwork", ("--chain", "bare", "--batch-size", "256")),
     "dramatiq": ("redis_dramatiq", ()),
     "celery": ("redis_celery", ()),
     "taskiq_redis": ("redis_taskiq", ()),
@@ -201,7 +203,7 @@ def one_run(
         *("--expected", str(messages), "--prefetch", str(prefetch)),
         *("--result", str(result_path), "--timeout", str(timeout), *extra),
     ]
-    if batch_size and module == "redis_foxwork":
+    if batch_size and module == "redis_foxwork" and "--batch-size" not in extra:
         command += ["--batch-size", str(batch_size)]
     if py_spy is not None:
         spy = Path(sys.executable).with_name("py-spy")
