@@ -3,18 +3,21 @@
 Each queue is a stream read by one consumer group (keys: `RedisStreamsConfig`; entry
 fields: `foxwork.backends.redis.entry`). How each promise is kept:
 
-- Ack: XACK, then XDEL, in one MULTI, coalesced: the acks made meanwhile go together in
-  the next MULTI, sent by a task of the backend (`flush()` waits for it). A settled entry
-  leaves the stream, so the stream holds only what is waiting or in flight (and `max_len`
-  trims only those). An entry stays held (never taken over by this process) until its
-  settlement went through. A failed
-  settlement is tried again with backoff and, when it still fails, logged and counted
-  (`settle_failures`), never raised: the entry stays pending and is delivered again.
+- Settlements are one atomic script per queue (`settle.py`), on a single server as in a
+  Redis Cluster (`cluster=True`: a queue's keys share a hash tag, so its script runs on
+  the queue's master; clients: `connection.py`).
+- Ack: XACK, then XDEL, in one script, coalesced: the acks made meanwhile go together in
+  the next script call per queue, sent by a task of the backend (`flush()` waits for it).
+  A settled entry leaves the stream, so the stream holds only what is waiting or in
+  flight (and `max_len` trims only those). An entry stays held (never taken over by this
+  process) until its settlement went through. A failed settlement is tried again with
+  backoff and, when it still fails, logged and counted (`settle_failures`), never
+  raised: the entry stays pending and is delivered again.
 - Nack with requeue: a copy of the entry, marked `redelivered`, is added at the end of the
-  stream and the original acked and deleted, in one MULTI (a pending entry cannot be made
-  readable again in place). Nack without requeue: a copy goes to the dead-letter stream
-  with RabbitMQ's dead-letter headers (`x-death`, reason `rejected`), in the same MULTI as
-  the XACK.
+  stream and the original acked and deleted, in one script (a pending entry cannot be
+  made readable again in place). Nack without requeue: a copy goes to the dead-letter
+  stream with RabbitMQ's dead-letter headers (`x-death`, reason `rejected`), in the same
+  script as the XACK, written before it.
 - Retries: `publish_retry` adds the copy to the queue's retry set, due after exactly its
   delay (no tiers: the set is ordered by due time); a mover puts it back (`retry.py`).
   Then the message acks its original: at-least-once, as on RabbitMQ.
@@ -23,7 +26,7 @@ fields: `foxwork.backends.redis.entry`). How each promise is kept:
 - Crash loops: an entry whose consumer died stays pending; after `claim_idle` another
   consumer (or this one, restarted under the same name) takes it over, and its delivery
   count is `Message.delivery_count`. Past `delivery_limit` deliveries it goes to the
-  dead-letter stream with reason `delivery_limit`, in one MULTI with its XACK.
+  dead-letter stream with reason `delivery_limit`, in one script with its XACK.
 - Close: consumers stop; entries read but not handed to the pool go back (as a nack with
   requeue). Entries still in the pool stay pending in Redis: settled later if the
   connection lives, else taken over after `claim_idle`. Nothing is handed back in bulk.
@@ -37,18 +40,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
 from ... import wire
-from ..._redact import redact_url
 from ...errors import (
     BackendError,
     ConfigurationError,
@@ -61,14 +61,16 @@ from .._backoff import Backoff
 from ..base import Backend, Consumer, Intake, copy_properties, retry_properties
 from . import entry
 from .config import RedisStreamsConfig, StreamKeys
-from .consumer import CONNECTION_ERRORS, QueueState, RedisConsumer
+from .connection import CONNECTION_ERRORS, Client, close_client, describe, open_client
+from .consumer import QueueState, RedisConsumer
 from .retry import RetryMover, now_ms, pack
+from .settle import SETTLE, settle_args
 
 __all__ = ["RedisStreamsBackend"]
 
 logger = logging.getLogger("foxwork.backends.redis")
 
-#: Tries of one settlement (XACK, or a MULTI with it) before it is counted as failed.
+#: Tries of one settlement (a script with its XACK) before it is counted as failed.
 SETTLE_ATTEMPTS = 4
 #: Seconds `close()` waits for the acks handed over so far.
 CLOSE_FLUSH_TIMEOUT = 5.0
@@ -130,7 +132,12 @@ class RedisStreamsBackend(Backend):
             )
         self.config = config if config is not None else RedisStreamsConfig(**settings)
         self.queues = self.config.queues
-        self._client: Redis | None = None
+        self._client: Client | None = None
+        self._settle_script: AsyncScript | None = None
+        # In a cluster, redis-py fails a command past max_connections instead of waiting
+        # for a free connection as a single server's blocking pool does: the backend's own
+        # commands (settlements, publishes) wait here instead.
+        self._slots = asyncio.Semaphore(self.config.max_connections)
         self._url = ""
         self._connected = False
         self._states: dict[str, QueueState] = {}
@@ -151,8 +158,9 @@ class RedisStreamsBackend(Backend):
         return self._connected
 
     @property
-    def client(self) -> Redis:
-        """The live client. Raises `ConnectionLost` when there is none."""
+    def client(self) -> Client:
+        """The live client (a `RedisCluster` with `cluster=True`). Raises `ConnectionLost`
+        when there is none."""
         if self._client is None:
             raise ConnectionLost("RedisStreamsBackend is not connected: call connect() first")
         return self._client
@@ -161,28 +169,9 @@ class RedisStreamsBackend(Backend):
         if self._connected:
             return
         await self._drop_client()
-        errors = []
-        for url in self.config.urls:
-            # A blocking pool: past max_connections a command waits for a free connection
-            # (up to connect_timeout) instead of failing with "Too many connections".
-            pool = BlockingConnectionPool.from_url(
-                url,
-                max_connections=self.config.max_connections,
-                timeout=self.config.connect_timeout,
-                socket_connect_timeout=self.config.connect_timeout,
-                health_check_interval=self.config.health_check_interval,
-            )
-            client = Redis.from_pool(pool)
-            try:
-                async with asyncio.timeout(self.config.connect_timeout):
-                    await client.ping()
-            except (RedisError, OSError, TimeoutError) as exc:
-                errors.append(f"{redact_url(url)}: {type(exc).__name__}: {exc}")
-                await client.aclose()
-                continue
-            self._client, self._url, self._connected = client, redact_url(url), True
-            return
-        raise ConnectionLost("cannot connect to Redis: " + "; ".join(errors))
+        client = await open_client(self.config)
+        self._settle_script = client.register_script(SETTLE)
+        self._client, self._url, self._connected = client, describe(client), True
 
     def lost(self, exc: BaseException) -> None:
         """Report a dead connection (once) to the connection-lost callbacks."""
@@ -204,10 +193,9 @@ class RedisStreamsBackend(Backend):
     async def _drop_client(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await client.aclose()
+            await close_client(client)
 
-    def _require_connection(self) -> Redis:
+    def _require_connection(self) -> Client:
         if not self._connected:
             raise ConnectionLost("RedisStreamsBackend is not connected: call connect() first")
         return self.client
@@ -240,7 +228,7 @@ class RedisStreamsBackend(Backend):
                     raise _wrong_type(key, kind.decode(), found)
             await self._create_group(client, keys)
 
-    async def _create_group(self, client: Redis, keys: StreamKeys) -> None:
+    async def _create_group(self, client: Client, keys: StreamKeys) -> None:
         # From "0", not "$": entries added before the group existed are delivered too.
         try:
             await client.xgroup_create(keys.stream, self.config.group, id="0", mkstream=True)
@@ -318,12 +306,13 @@ class RedisStreamsBackend(Backend):
             self.config.delivery_limit,
         )
         copy = entry.encode(decoded.body, decoded.properties.with_headers(headers))
-
-        def dead_letter(pipe: Pipeline) -> None:
-            self._xadd(pipe, state.keys.dead_letter, copy)
-            self._forget(pipe, state.keys, entry_id)
-
-        await self._settle(f"dead-lettering entry {entry_id.decode()}", dead_letter)
+        await self._settle(
+            f"dead-lettering entry {entry_id.decode()}",
+            state.keys,
+            [entry_id],
+            copy=copy,
+            target=state.keys.dead_letter,
+        )
 
     # -- settlement ----------------------------------------------------------------------
 
@@ -334,15 +323,18 @@ class RedisStreamsBackend(Backend):
             return None
         return delivery
 
-    def _xadd(self, pipe: Pipeline, key: str, fields: dict[bytes, bytes]) -> None:
-        pipe.xadd(key, fields, maxlen=self.config.max_len, approximate=True)  # type: ignore[arg-type]
-
-    def _forget(self, pipe: Pipeline, keys: StreamKeys, entry_id: bytes) -> None:
-        pipe.xack(keys.stream, self.config.group, entry_id)
-        pipe.xdel(keys.stream, entry_id)
-
-    async def _settle(self, what: str, build: Callable[[Pipeline], None], *held: _Delivery) -> bool:
-        """Run one MULTI, tried again with backoff; False (logged, counted) if it failed.
+    async def _settle(
+        self,
+        what: str,
+        keys: StreamKeys,
+        ids: list[bytes],
+        *held: _Delivery,
+        copy: Mapping[bytes, bytes] | None = None,
+        target: str | None = None,
+    ) -> bool:
+        """Ack and delete `ids` of one queue, after adding `copy` to `target` (a stream of
+        the queue), in one script (`settle.py`), tried again with backoff; False (logged,
+        counted) if it failed.
 
         The entries `held` stay held by this process until then (so that this process does
         not take them over as abandoned while a reconnect is under way), and are released
@@ -353,9 +345,14 @@ class RedisStreamsBackend(Backend):
             for attempt in range(1, SETTLE_ATTEMPTS + 1):
                 try:
                     # `self.client` raises ConnectionLost while a reconnect is under way.
-                    async with self.client.pipeline(transaction=True) as pipe:
-                        build(pipe)
-                        await pipe.execute()
+                    client, script = self.client, self._settle_script
+                    assert script is not None  # set with the client
+                    async with self._slots:
+                        await script(
+                            keys=[keys.stream, target or keys.stream],
+                            args=settle_args(self.config.group, self.config.max_len, ids, copy),
+                            client=client,
+                        )
                     return True
                 except (*CONNECTION_ERRORS, ConnectionLost) as exc:
                     error = exc
@@ -377,8 +374,8 @@ class RedisStreamsBackend(Backend):
         return False
 
     async def ack_message(self, message: Message[Any]) -> None:
-        # Coalesced: acks made in the same loop turns go in one MULTI (XACK and XDEL of all
-        # their ids); `flush()` waits for them.
+        # Coalesced: acks made in the same loop turns go in one script call per queue (XACK
+        # and XDEL of all their ids); `flush()` waits for them.
         delivery = self._held(message)
         if delivery is None:
             return
@@ -389,16 +386,14 @@ class RedisStreamsBackend(Backend):
     async def _send_acks(self) -> None:
         while self._acks:
             batch, self._acks = self._acks, []
-            by_queue: dict[StreamKeys, list[bytes]] = {}
+            by_queue: dict[StreamKeys, list[_Delivery]] = {}
             for delivery in batch:
-                by_queue.setdefault(delivery.state.keys, []).append(delivery.entry_id)
-            forget_all = functools.partial(self._forget_all, by_queue)
-            await self._settle(f"acking {len(batch)} message(s)", forget_all, *batch)
+                by_queue.setdefault(delivery.state.keys, []).append(delivery)
+            await asyncio.gather(*(self._ack_all(keys, held) for keys, held in by_queue.items()))
 
-    def _forget_all(self, by_queue: dict[StreamKeys, list[bytes]], pipe: Pipeline) -> None:
-        for keys, ids in by_queue.items():
-            pipe.xack(keys.stream, self.config.group, *ids)
-            pipe.xdel(keys.stream, *ids)
+    async def _ack_all(self, keys: StreamKeys, held: list[_Delivery]) -> None:
+        ids = [delivery.entry_id for delivery in held]
+        await self._settle(f"acking {len(ids)} message(s) of {keys.queue!r}", keys, ids, *held)
 
     async def flush(self, timeout: float | None = None) -> bool:
         task = self._ack_task
@@ -419,20 +414,17 @@ class RedisStreamsBackend(Backend):
             target = keys.dead_letter
             headers = _death_headers(message.headers, queue=keys.queue, reason="rejected")
             copy = entry.encode(message.body, message.properties.with_headers(headers))
-
-        def put_back(pipe: Pipeline) -> None:
-            self._xadd(pipe, target, copy)
-            self._forget(pipe, keys, entry_id)
-
-        await self._settle(f"nacking message {message.id}", put_back, delivery)
+        await self._settle(
+            f"nacking message {message.id}", keys, [entry_id], delivery, copy=copy, target=target
+        )
 
     # -- publishing ----------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _publishing(self, key: str, what: str) -> AsyncIterator[Redis]:
+    async def _publishing(self, key: str, what: str) -> AsyncIterator[Client]:
         """The client, for writing `what` to `key`: refused → `PublishNotConfirmed`."""
         client = self._require_connection()
-        async with self._mapped(f"writing {what} to {key!r}"):
+        async with self._slots, self._mapped(f"writing {what} to {key!r}"):
             try:
                 yield client
             except ResponseError as exc:
@@ -497,6 +489,7 @@ class RedisStreamsBackend(Backend):
         return {
             **super().health(),
             "url": self._url,
+            "cluster": self.config.cluster,
             "group": self.config.group,
             "consumer": self.config.consumer,
             "consumers": {c.queue: c.active for c in self._consumers},

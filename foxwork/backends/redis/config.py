@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
+from urllib.parse import parse_qs, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from ... import wire
 from ..._redact import redact_url
@@ -66,7 +67,17 @@ class RedisStreamsConfig(BrokerConfig):
     Args:
         url: a Redis URL (`redis://:password@host:6379/0`, or `rediss://` for TLS), or a
             list of URLs tried in order on each connect. Held as secrets: never printed.
+            With `cluster=True`: the startup nodes of the cluster (any one that answers is
+            enough; list several so that one down does not stop a connect).
         queue: the queue to consume, or a list of queues (one stream each).
+        cluster: the URLs are nodes of a Redis Cluster (redis-py's `RedisCluster`): each
+            queue's keys share one hash tag, so a queue lives on one master, and the
+            queues spread over the masters. All URLs then use one scheme and the same
+            credentials, and database 0 (a cluster has no other); TLS settings and other
+            query string options come from the first URL. Not inferred from several URLs
+            (those are a single server's fallbacks when False) nor from the URL: a single
+            server that is a cluster node, or a cluster URL that is not, is refused when
+            connecting (`ConfigurationError`).
         key_prefix: prefix of every key (`foxwork:{Q}`, `foxwork:{Q}:dlq`, ...).
         group: the consumer group.
         consumer: this process's name in the group (default `host-pid`). Two live processes
@@ -84,7 +95,9 @@ class RedisStreamsConfig(BrokerConfig):
         health_check_interval: seconds between PINGs of an idle connection (0 disables).
         max_connections: connections to Redis at most; a command waits (up to
             `connect_timeout`) for a free one. Give each consumed queue one, plus room for
-            the settlements of the pool's concurrency.
+            the settlements of the pool's concurrency. In a cluster: the settlements and
+            publishes at once (more wait), and per master at most this plus two for each
+            queue (its consumer's read and its retry mover).
         max_body_size: bodies larger than this (bytes) are dead-lettered unread.
 
     The prefetch (unsettled entries per queue) is not a setting here: the pool asks for it
@@ -92,12 +105,18 @@ class RedisStreamsConfig(BrokerConfig):
 
     Example:
         config = RedisStreamsConfig(url="redis://127.0.0.1:6379/0", queue="orders")
+        cluster = RedisStreamsConfig(
+            url=["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"],
+            cluster=True,
+            queue=["orders", "refunds"],
+        )
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     url: SecretStr | list[SecretStr]
     queue: str | list[str]
+    cluster: bool = False
     key_prefix: str = DEFAULT_KEY_PREFIX
     group: str = DEFAULT_GROUP
     consumer: str = Field(default_factory=default_consumer_name)
@@ -128,6 +147,32 @@ class RedisStreamsConfig(BrokerConfig):
                     "redis://:password@host:6379/0 (or rediss:// for TLS)"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _check_cluster_urls(self) -> Self:
+        if not self.cluster:
+            return self
+        schemes, credentials = set(), set()
+        for url in self.urls:
+            parts = urlsplit(url)
+            schemes.add(parts.scheme)
+            credentials.add((parts.username, parts.password))
+            database = parts.path.strip("/") or parse_qs(parts.query).get("db", ["0"])[0]
+            if database != "0":
+                raise ValueError(
+                    f"{redact_url(url)!r} selects database {database!r}: a Redis Cluster "
+                    "has only database 0 (end the URL with /0 or nothing)"
+                )
+        if len(schemes) > 1:
+            raise ValueError(
+                "cluster URLs mix redis:// and rediss://: one cluster speaks one of them"
+            )
+        if len(credentials) > 1:
+            raise ValueError(
+                "cluster URLs carry different credentials: the client logs in to every "
+                "node with the first URL's, so give them all the same"
+            )
+        return self
 
     @field_validator("queue")
     @classmethod

@@ -3,11 +3,16 @@
 On start it takes back this consumer's own pending entries (left by an earlier run of the
 process under the same consumer name: they came back unsettled), then reads new ones
 (XREADGROUP `>`), never holding more unsettled entries than the prefetch: each read asks
-for min(batch size, free room) entries. Every `claim_idle` / 3 seconds it keeps its own
-in-flight entries fresh (XCLAIM JUSTID resets their idle time without counting a
-delivery, so no other consumer takes over an entry that is merely slow) and takes over
-entries idle longer than `claim_idle` (their consumer is taken for dead). Taking over is
-XPENDING (which gives each entry's delivery count) then XCLAIM.
+for min(batch size, free room) entries, and while entries are in flight it waits until
+that is at least half a batch (settlements free room a few entries at a time: a read for
+one or two entries would cost a round trip and a reply for almost nothing). Each entry
+read goes to the pool at once, without waiting, as long as the pool has room.
+
+Every `claim_idle` / 3 seconds it keeps its own in-flight entries fresh (XCLAIM JUSTID
+resets their idle time without counting a delivery, so no other consumer takes over an
+entry that is merely slow) and takes over entries idle longer than `claim_idle` (their
+consumer is taken for dead). Taking over is XPENDING (which gives each entry's delivery
+count) then XCLAIM.
 """
 
 from __future__ import annotations
@@ -17,24 +22,19 @@ import collections
 import logging
 from typing import Any, Protocol
 
-from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ...message import Message
 from ..base import Consumer, Intake
 from .config import RedisStreamsConfig, StreamKeys
+from .connection import CONNECTION_ERRORS, Client
 
-__all__ = ["ConsumerHost", "QueueState", "RedisConsumer"]
+__all__ = ["CONNECTION_ERRORS", "ConsumerHost", "QueueState", "RedisConsumer"]
 
 logger = logging.getLogger("foxwork.backends.redis")
 
 #: Seconds `cancel()` waits, beyond one block time, for the loop to stop by itself.
 CANCEL_GRACE = 5.0
-
-#: Errors that mean the connection is gone.
-CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class QueueState:
@@ -75,7 +75,7 @@ class ConsumerHost(Protocol):
     config: RedisStreamsConfig
 
     @property
-    def client(self) -> Redis:
+    def client(self) -> Client:
         """The live client. Raises `ConnectionLost` when there is none."""
 
     def message_of(
@@ -108,6 +108,9 @@ class RedisConsumer(Consumer):
         self._intake = intake
         self._prefetch = prefetch
         self._config = host.config
+        self._batch = self._config.batch_size
+        #: The fewest entries a read asks for while some are in flight (see `_wanted`).
+        self._min_read = max(1, min(self._batch, prefetch) // 2)
         self._cancelled = False
         self._handing_over = False
         self._task = asyncio.create_task(self._run(), name=f"foxwork-redis-{self.queue}")
@@ -151,6 +154,14 @@ class RedisConsumer(Consumer):
     def _room(self) -> int:
         return self._prefetch - len(self._state.in_flight)
 
+    def _wanted(self) -> int:
+        """How many new entries to ask for now; 0: wait for room first."""
+        in_flight = len(self._state.in_flight)
+        wanted = min(self._prefetch - in_flight, self._batch)
+        if wanted < self._min_read and in_flight:
+            return 0
+        return max(0, wanted)
+
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         interval = self._config.claim_idle / 3
@@ -162,11 +173,11 @@ class RedisConsumer(Consumer):
                     await self._keep_alive()
                     await self._take_over_idle()
                     next_tick = loop.time() + interval
-                room = self._room()
-                if room <= 0:
+                count = self._wanted()
+                if count <= 0:
                     await self._state.wait_changed(max(0.0, next_tick - loop.time()))
                     continue
-                await self._read_new(min(room, self._config.batch_size))
+                await self._read_new(count)
             except ResponseError as exc:
                 # NOGROUP: the group is gone; UNBLOCKED: the stream was deleted under a read.
                 if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
@@ -184,10 +195,13 @@ class RedisConsumer(Consumer):
         )
         if not reply:
             return
+        state = self._state
+        held = state.in_flight
+        message_of = self._host.message_of
         messages = []
         for entry_id, fields in reply[0][1]:
-            self._state.in_flight.add(entry_id)
-            messages.append(self._host.message_of(self._state, entry_id, fields, 0))
+            held.add(entry_id)
+            messages.append(message_of(state, entry_id, fields, 0))
         await self._hand_over(messages)
 
     async def _take_over_own_pending(self) -> None:
@@ -281,7 +295,18 @@ class RedisConsumer(Consumer):
             )
 
     async def _hand_over(self, messages: list[Message[Any]]) -> None:
-        # One at a time and in order: the fast path while the pool has room, else wait.
+        # One at a time and in order: the fast path while the pool has room (no await, so
+        # nothing can cancel it halfway), else wait.
+        if not self._cancelled:
+            try_dispatch = self._intake.try_dispatch
+            for index, message in enumerate(messages):
+                if not try_dispatch(message):
+                    await self._hand_over_waiting(messages[index:])
+                    return
+            return
+        await self._hand_over_waiting(messages)
+
+    async def _hand_over_waiting(self, messages: list[Message[Any]]) -> None:
         waiting = collections.deque(messages)
         self._handing_over = True
         try:

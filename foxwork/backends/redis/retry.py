@@ -25,11 +25,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from ...errors import BackendError
 from .config import StreamKeys
+from .connection import Client
 
 __all__ = ["RetryMover", "pack"]
 
@@ -88,7 +88,7 @@ def now_ms() -> int:
 class RetryMover:
     """Moves due retry copies of one queue back to its stream (see the module docstring)."""
 
-    def __init__(self, client: Callable[[], Redis], keys: StreamKeys, max_len: int | None) -> None:
+    def __init__(self, client: Callable[[], Client], keys: StreamKeys, max_len: int | None) -> None:
         self._client = client
         self._keys = keys
         self._max_len = max_len or 0
@@ -122,7 +122,7 @@ class RetryMover:
             try:
                 moved, following = await self.move_due()
                 self._failing = False
-            except (RedisError, BackendError, OSError) as exc:
+            except (RedisError, RedisClusterException, BackendError, OSError) as exc:
                 # The consumer notices a dead connection and reports it; this only waits
                 # (and says so once, not on every poll).
                 if not self._failing:
