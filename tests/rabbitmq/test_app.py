@@ -113,11 +113,12 @@ async def test_one_process_serves_three_pools_from_environment_settings_and_drai
     await publish_many(rabbitmq_url, [(names.legacy, i, json.dumps(i)) for i in legacy])
     processed = tmp_path / "processed"
     # When `foxwork run tests.apps.billing:app` starts with settings from the environment
-    # only (no flag)
+    # only (no flag), logging JSON lines
     env = app_env(
         rabbitmq_url,
         names,
         processed,
+        FOXWORK_LOG_FORMAT="json",
         FOXWORK_HEARTBEAT="20",
         FOXWORK_CONNECTION_NAME=f"billing {names.prefix}",
         FOXWORK_HTTP_PORT="0",
@@ -126,7 +127,9 @@ async def test_one_process_serves_three_pools_from_environment_settings_and_drai
         FOXWORK_TEST_DELAY="0.02",
     )
     async with FoxworkProcess("run", "tests.apps.billing:app", env=env) as foxwork:
-        [serving] = await foxwork.wait_for(r"serving /health, /ready and /metrics on (\S+)")
+        [serving] = await foxwork.wait_for(
+            r"serving /health, /ready and /metrics on (http://[^\s\"]+)"
+        )
         base = serving[1]
         await foxwork.wait_for(r"app 'billing' running 3 pools", timeout=TIMEOUT)
         # Then each pool consumes its own queue, with the concurrency of the environment
@@ -187,6 +190,11 @@ async def test_one_process_serves_three_pools_from_environment_settings_and_drai
     for pool in ("invoices", "events", "legacy"):
         assert re.search(rf"pool '{pool}' stopped: \d+ in-flight", foxwork.output), foxwork.output
     assert "graceful shutdown complete" in foxwork.output
+    # and every line of the log is a JSON object with the standard fields
+    records = [json.loads(line) for line in foxwork.output.splitlines()]
+    assert records, foxwork.output
+    for record in records:
+        assert {"timestamp", "level", "logger", "message"} <= set(record), record
     # and the legacy queue is still the other application's, and no message of it is lost:
     # each was processed, or is back in the queue
     done = {i for pool, i in processed_ids(processed) if pool == "legacy"}
