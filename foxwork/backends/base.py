@@ -45,10 +45,12 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from .. import wire
+from ..errors import ConnectionLost
 from ..message import Message, MessageProperties
 from ..telemetry import inject_context
 
 __all__ = [
+    "AccessRefused",
     "Backend",
     "ConnectionLostCallback",
     "Consumer",
@@ -64,6 +66,12 @@ logger = logging.getLogger("foxwork.backends")
 ConnectionLostCallback = Callable[[BaseException | None], None]
 #: Called with a consumer that stopped by itself while the connection is up.
 ConsumerGoneCallback = Callable[["Consumer"], None]
+
+
+class AccessRefused(ConnectionLost):
+    """The broker answered and refused the connection: the login (user name or password)
+    or the virtual host (missing, or not permitted to the user). Trying again will not
+    help until the URL or the broker's users change; the message says which."""
 
 
 class Intake(Protocol):
@@ -143,8 +151,9 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def connect(self) -> None:
-        """Connect. Raises `ConnectionLost` (or `ConfigurationError`) when it cannot.
-        Must be idempotent."""
+        """Connect. Raises `ConnectionLost` (`AccessRefused` when the broker refused the
+        login or the virtual host), or `ConfigurationError`, when it cannot. Must be
+        idempotent."""
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until every settlement handed over so far has gone to the broker, for at

@@ -14,7 +14,7 @@ from typing import Any
 from .. import telemetry
 from .._redact import redact
 from ..app import App
-from ..backends.base import Backend
+from ..backends.base import AccessRefused, Backend
 from ..errors import BackendError, ConfigurationError
 from ..http import HealthServer
 from ..middleware.circuit_breaker import CircuitBreakerMiddleware
@@ -252,6 +252,9 @@ async def _connect(backend: Backend, broker: str, *, stop: asyncio.Event) -> boo
         detail = redact(str(exc))
         if broker not in detail:
             detail = f"cannot connect to {broker}: {detail}"
+        if isinstance(exc, AccessRefused):
+            # The broker runs and refused: the message says what to change.
+            raise CommandLineError(detail) from exc
         raise CommandLineError(
             f"{detail} (start the broker, check the URL, or pass --wait-for-broker)"
         ) from exc

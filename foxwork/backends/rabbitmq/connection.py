@@ -8,17 +8,21 @@ to something else is refused, never silently replaced."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractConnection
 from pamqp.common import FieldTable
 from yarl import URL
 
 from ..._redact import redact, redact_url
 from ...errors import ConfigurationError, ConnectionLost
+from ..base import AccessRefused
 from ._io import TRANSPORT_ERRORS
 from .config import RabbitMQConsumerConfig
+from .topology import vhost_of
 
 __all__ = ["connect_first"]
 
@@ -33,10 +37,13 @@ async def connect_first(
     """Connect to the first of `urls` that answers; returns the connection and its URL.
 
     Raises:
+        AccessRefused: every URL answered and refused the login or the virtual host:
+            `failure` followed by what to change, for each URL, with every secret redacted.
         ConnectionLost: no URL answered: `failure` followed by why, for each URL, with
             every secret redacted.
     """
     errors: list[str] = []
+    refused = 0
     for url in urls:
         target, properties = _with_settings(URL(url), config, connection_name)
         try:
@@ -47,11 +54,53 @@ async def connect_first(
                 client_properties=properties,
             )
         except (*TRANSPORT_ERRORS, TimeoutError) as exc:
+            refusal = _refusal(exc, url)
+            if refusal is not None:
+                refused += 1
+                errors.append(f"{redact_url(url)}: {refusal}")
+                continue
             reason = redact(str(exc)) or type(exc).__name__
             errors.append(f"{redact_url(url)}: {type(exc).__name__}: {reason}")
             continue
         return connection, url
-    raise ConnectionLost(failure + "; ".join(errors))
+    error = AccessRefused if errors and refused == len(errors) else ConnectionLost
+    raise error(failure + "; ".join(errors))
+
+
+#: The broker's usual text for a refused login: it says no more than this module does.
+_PLAIN_LOGIN_REFUSAL = re.compile(r"^ACCESS_REFUSED - Login was refused")
+#: AMQP reply codes of a refused connection.
+_ACCESS_REFUSED, _NOT_ALLOWED = 403, 530
+
+
+def _refusal(exc: BaseException, url: str) -> str | None:
+    """What to change, when `exc` says the broker answered and refused the connection
+    (a login or a virtual host it would not accept); None for any other failure."""
+    user = URL(url).user or "guest"  # aio-pika's default login
+    code = exc.args[0] if isinstance(exc, aiormq.exceptions.ConnectionClosed) else None
+    if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError) or code == _ACCESS_REFUSED:
+        text = str(exc.args[-1]) if exc.args else ""
+        detail = "" if _PLAIN_LOGIN_REFUSAL.match(text) or not text else f" ({redact(text)})"
+        return (
+            f"the broker refused the login of user {user!r}{detail}: check the user name "
+            "and password in the URL"
+        )
+    # RabbitMQ answers Connection.Open for a vhost that does not exist, or that the user
+    # has no permissions on, with Connection.Close 530 (NOT_ALLOWED). aiormq reports that as
+    # an unexpected frame (InvalidFrameError naming both frames), or as ConnectionNotAllowed.
+    text = str(exc)
+    unexpected_close = (
+        isinstance(exc, aiormq.exceptions.InvalidFrameError)
+        and "Connection.OpenOk" in text
+        and "Connection.Close" in text
+    )
+    if unexpected_close or code == _NOT_ALLOWED:
+        return (
+            f"vhost {vhost_of(url)!r} does not exist or is not permitted for user {user!r}: "
+            "check the vhost in the URL (the path after the host, '/' written %2F) and the "
+            "user's permissions on it"
+        )
+    return None
 
 
 def _with_settings(
