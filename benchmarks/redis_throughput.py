@@ -26,7 +26,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from importlib import metadata
@@ -232,80 +232,70 @@ def one_run(
     return result
 
 
-def summarise(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
-    """Per candidate: throughput median/min/max, ratio to the baseline within each round,
-    CPU and memory."""
-    baseline_by_round = {
-        r["round"]: r["msgs_per_s"]
-        for r in runs
-        if r["candidate"] == BASELINE and not r.get("error")
+def _spread(values: Sequence[float]) -> dict[str, Any]:
+    return {
+        "median": s.median(values),
+        "min": min(values, default=None),
+        "max": max(values, default=None),
     }
+
+
+def _per_message_us(runs: Sequence[dict[str, Any]], key: str) -> float:
+    """Median over `runs` of `key` (CPU seconds) per message, in µs."""
+    return s.median([r[key] / r["acked"] * 1e6 for r in runs if r.get(key) is not None])
+
+
+def summarise(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
+    """Per candidate: throughput median/min/max, its ratio to the baseline's in the same
+    round, CPU per message (its own and the Redis server's), peak RSS."""
+    good = [r for r in runs if not r.get("error")]
+    baseline = {r["round"]: r["msgs_per_s"] for r in good if r["candidate"] == BASELINE}
     summary: dict[str, Any] = {}
     for name in names:
-        good = [r for r in runs if r["candidate"] == name and not r.get("error")]
-        rates = [r["msgs_per_s"] for r in good]
-        ratios = [
-            r["msgs_per_s"] / baseline_by_round[r["round"]]
-            for r in good
-            if r["round"] in baseline_by_round
-        ]
+        mine = [r for r in good if r["candidate"] == name]
+        rates = [r["msgs_per_s"] for r in mine]
         summary[name] = {
-            "runs": len(good),
-            "failed_runs": sum(1 for r in runs if r["candidate"] == name and r.get("error")),
-            "msgs_per_s": {
-                "median": s.median(rates),
-                "min": min(rates, default=None),
-                "max": max(rates, default=None),
-                "all": rates,
-            },
-            "ratio_to_baseline": {
-                "median": s.median(ratios),
-                "min": min(ratios, default=None),
-                "max": max(ratios, default=None),
-            },
-            "cpu_us_per_msg_median": s.median([r["cpu_s"] / r["acked"] * 1e6 for r in good]),
-            "server_cpu_us_per_msg_median": s.median(
-                [
-                    r["server_cpu_s"] / r["acked"] * 1e6
-                    for r in good
-                    if r.get("server_cpu_s") is not None
-                ]
+            "runs": len(mine),
+            "failed_runs": sum(1 for r in runs if r["candidate"] == name) - len(mine),
+            "msgs_per_s": _spread(rates) | {"all": rates},
+            "ratio_to_baseline": _spread(
+                [r["msgs_per_s"] / baseline[r["round"]] for r in mine if r["round"] in baseline]
             ),
-            "peak_rss_mib_median": s.median([r["peak_rss_kib"] / 1024 for r in good]),
+            "cpu_us_per_msg_median": _per_message_us(mine, "cpu_s"),
+            "server_cpu_us_per_msg_median": _per_message_us(mine, "server_cpu_s"),
+            "peak_rss_mib_median": s.median([r["peak_rss_kib"] / 1024 for r in mine]),
         }
     return summary
 
 
+#: Columns of the table: heading, and how a candidate's summary fills it.
+COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
+    ("msgs/s", lambda i: f"{i['msgs_per_s']['median']:,.0f}"),
+    ("min-max", lambda i: "{min:,.0f}-{max:,.0f}".format(**i["msgs_per_s"])),
+    (f"x {BASELINE}", lambda i: f"{i['ratio_to_baseline']['median']:.2f}"),
+    ("x min-max", lambda i: "{min:.2f}-{max:.2f}".format(**i["ratio_to_baseline"])),
+    ("CPU µs/msg", lambda i: f"{i['cpu_us_per_msg_median']:.1f}"),
+    ("redis µs/msg", lambda i: f"{i['server_cpu_us_per_msg_median']:.1f}"),
+    ("peak RSS MiB", lambda i: f"{i['peak_rss_mib_median']:.1f}"),
+)
+
+
 def render(summary: dict[str, Any]) -> str:
+    """The summary as a table, one row per candidate ("failed" when no run succeeded)."""
     rows = []
     for name, item in summary.items():
-        rate, ratio = item["msgs_per_s"], item["ratio_to_baseline"]
         if not item["runs"]:
-            rows.append([name, "failed", "", "", "", "", "", ""])
+            rows.append([name, "failed", *[""] * (len(COLUMNS) - 1)])
             continue
+        ratio_known = item["ratio_to_baseline"]["min"] is not None
         rows.append(
-            [
-                name,
-                f"{rate['median']:,.0f}",
-                f"{rate['min']:,.0f}-{rate['max']:,.0f}",
-                "" if ratio["min"] is None else f"{ratio['median']:.2f}",
-                "" if ratio["min"] is None else f"{ratio['min']:.2f}-{ratio['max']:.2f}",
-                f"{item['cpu_us_per_msg_median']:.1f}",
-                f"{item['server_cpu_us_per_msg_median']:.1f}",
-                f"{item['peak_rss_mib_median']:.1f}",
+            [name]
+            + [
+                cell(item) if ratio_known or not heading.startswith("x ") else ""
+                for heading, cell in COLUMNS
             ]
         )
-    headers = [
-        "candidate",
-        "msgs/s",
-        "min-max",
-        f"x {BASELINE}",
-        "x min-max",
-        "CPU µs/msg",
-        "redis µs/msg",
-        "peak RSS MiB",
-    ]
-    return s.table(headers, rows)
+    return s.table(["candidate", *(heading for heading, _ in COLUMNS)], rows)
 
 
 def versions() -> dict[str, str]:
