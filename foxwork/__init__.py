@@ -3,6 +3,7 @@
 from .app import App
 from .builder import WorkerPoolBuilder
 from .errors import (
+    AccessRefused,
     BackendError,
     ConfigurationError,
     ConnectionLost,
@@ -32,6 +33,7 @@ from .worker import Worker
 __version__: str = _telemetry_names.VERSION
 
 __all__ = [
+    "AccessRefused",
     "App",
     "BackendError",
     "ConfigurationError",

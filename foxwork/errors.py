@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 
 __all__ = [
+    "AccessRefused",
     "BackendError",
     "ConfigurationError",
     "ConnectionLost",
@@ -127,6 +128,12 @@ class BackendError(FoxworkError):
 
 class ConnectionLost(BackendError):
     """The backend is not connected, or its connection died during the operation."""
+
+
+class AccessRefused(ConnectionLost):
+    """The broker answered and refused the connection: the login (user name or password)
+    or the virtual host (missing, or not permitted to the user). Trying again will not
+    help until the URL or the broker's users change; the message says which."""
 
 
 class TopologyConflict(BackendError):

@@ -1,6 +1,6 @@
 """Backends: where messages come from and where retries and dead letters go."""
 
-from .base import AccessRefused, Backend, Consumer, Intake
+from .base import Backend, Consumer, Intake
 from .memory import MemoryBackend
 from .rabbitmq import (
     QueueSettings,
@@ -13,7 +13,6 @@ from .rabbitmq import (
 from .resilient import ConnectionState, ReconnectStrategy, ResilientBackend
 
 __all__ = [
-    "AccessRefused",
     "Backend",
     "ConnectionState",
     "Consumer",

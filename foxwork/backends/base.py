@@ -45,12 +45,10 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from .. import wire
-from ..errors import ConnectionLost
 from ..message import Message, MessageProperties
 from ..telemetry import inject_context
 
 __all__ = [
-    "AccessRefused",
     "Backend",
     "ConnectionLostCallback",
     "Consumer",
@@ -66,12 +64,6 @@ logger = logging.getLogger("foxwork.backends")
 ConnectionLostCallback = Callable[[BaseException | None], None]
 #: Called with a consumer that stopped by itself while the connection is up.
 ConsumerGoneCallback = Callable[["Consumer"], None]
-
-
-class AccessRefused(ConnectionLost):
-    """The broker answered and refused the connection: the login (user name or password)
-    or the virtual host (missing, or not permitted to the user). Trying again will not
-    help until the URL or the broker's users change; the message says which."""
 
 
 class Intake(Protocol):

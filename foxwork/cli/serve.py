@@ -14,8 +14,8 @@ from typing import Any
 from .. import telemetry
 from .._redact import redact
 from ..app import App
-from ..backends.base import AccessRefused, Backend
-from ..errors import BackendError, ConfigurationError
+from ..backends.base import Backend
+from ..errors import AccessRefused, BackendError, ConfigurationError
 from ..http import HealthServer
 from ..middleware.circuit_breaker import CircuitBreakerMiddleware
 from ..pool import DEFAULT_SHUTDOWN_TIMEOUT, WorkerPool

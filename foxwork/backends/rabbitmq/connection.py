@@ -18,8 +18,7 @@ from pamqp.common import FieldTable
 from yarl import URL
 
 from ..._redact import redact, redact_url
-from ...errors import ConfigurationError, ConnectionLost
-from ..base import AccessRefused
+from ...errors import AccessRefused, ConfigurationError, ConnectionLost
 from ._io import TRANSPORT_ERRORS
 from .config import RabbitMQConsumerConfig
 from .topology import vhost_of
