@@ -134,6 +134,7 @@ class RedisStreamsBackend(Backend):
         self.queues = self.config.queues
         self._client: Client | None = None
         self._settle_script: AsyncScript | None = None
+        self._retired: list[Client] = []
         # In a cluster, redis-py fails a command past max_connections instead of waiting
         # for a free connection as a single server's blocking pool does: the backend's own
         # commands (settlements, publishes) wait here instead.
@@ -191,9 +192,16 @@ class RedisStreamsBackend(Backend):
         await self._drop_client()
 
     async def _drop_client(self) -> None:
+        # A command under way on a client being dropped (a consumer's read; in a cluster,
+        # redis-py trying it again) can open a connection after the client was closed:
+        # so a dropped client is closed once more at the next connect or close.
         client, self._client = self._client, None
+        retired, self._retired = self._retired, []
+        for old in retired:
+            await close_client(old)
         if client is not None:
             await close_client(client)
+            self._retired.append(client)
 
     def _require_connection(self) -> Client:
         if not self._connected:
