@@ -25,7 +25,7 @@ Two modes:
 - `backlog` (default): the queue is filled with N messages first. This measures throughput;
   the retried copies come back behind the rest of the backlog, so their delay error is
   queueing, reported but not a measure of the retry mechanism.
-- `paced`: the messages are published while the consumer runs, at `--rate` per second (a
+- `paced`: once the consumer is up, the messages are published at `--rate` per second (a
   rate both keep up with). This measures the retry delay error: redelivery time (start of
   the second attempt) minus due time (the failure + 0.2 s).
 
@@ -263,6 +263,18 @@ async def publish_paced(channel: Any, queue: str, count: int, rate: float, tag: 
         )
 
 
+async def wait_for_consumer(
+    channel: Any, queue: str, process: asyncio.subprocess.Process, timeout: float = 120.0
+) -> None:
+    """Return once `queue` has a consumer (or the process has exited, or `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while process.returncode is None and time.monotonic() < deadline:
+        declared = await channel.declare_queue(queue, passive=True)
+        if declared.declaration_result.consumer_count:
+            return
+        await asyncio.sleep(0.05)
+
+
 async def one_run(
     channel: Any,
     broker: s.Broker,
@@ -303,6 +315,8 @@ async def one_run(
             *command, cwd=s.ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
         )
         if mode == "paced":
+            # Publishing before the consumer is up would start it behind a backlog.
+            await wait_for_consumer(channel, queue, process)
             await publish_paced(channel, queue, messages, rate, tag)
         try:
             _, stderr = await asyncio.wait_for(process.communicate(), timeout + 60)
