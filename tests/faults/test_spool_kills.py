@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import aio_pika
 import pytest
@@ -62,6 +63,12 @@ async def take_all(url: str, queue: str) -> list[str]:
         return ids
     finally:
         await connection.close()
+
+
+def drain_output(log: IO[bytes]) -> str:
+    """The last lines a child process wrote to the file `log`."""
+    log.flush()
+    return "\n".join(Path(log.name).read_text(errors="replace").splitlines()[-15:])
 
 
 def first_seen_in_order(received: list[str], prefix_of: int) -> list[str]:
@@ -184,10 +191,11 @@ async def test_a_drain_sigkilled_midway_leaves_the_rest_for_the_next_drain(
     assert all(outcome.spooled for outcome in outcomes)
 
     # When `foxwork spool drain` is SIGKILLed once the queue holds a fifth of them
+    log = (tmp_path.parent / f"{tmp_path.name}-drain.log").open("wb")
     drain = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "foxwork", "spool", "drain", str(tmp_path),
         "--url", rabbitmq_node.url, "--timeout", "120",
-        cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        cwd=ROOT, stdout=log, stderr=log,
     )  # fmt: skip
     try:
 
@@ -195,7 +203,10 @@ async def test_a_drain_sigkilled_midway_leaves_the_rest_for_the_next_drain(
             return (await probe.count(fault_queue) or 0) >= count // 5
 
         await wait_until(
-            a_fifth_arrived, timeout=PHASE_TIMEOUT, interval=0.01, what="a fifth was drained"
+            a_fifth_arrived,
+            timeout=PHASE_TIMEOUT,
+            interval=0.01,
+            what=lambda: f"a fifth was drained; the drain's output: {drain_output(log)}",
         )
         drain.send_signal(signal.SIGKILL)
         await drain.wait()
@@ -203,6 +214,7 @@ async def test_a_drain_sigkilled_midway_leaves_the_rest_for_the_next_drain(
         if drain.returncode is None:
             drain.kill()
             await drain.wait()
+        log.close()
     assert drain.returncode == -signal.SIGKILL
     status = await asyncio.to_thread(read_status, tmp_path)
     in_queue = await probe.count(fault_queue) or 0
