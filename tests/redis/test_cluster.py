@@ -22,6 +22,7 @@ from foxwork.backends import ResilientBackend
 from foxwork.backends.redis import RedisStreamsBackend
 from foxwork.backends.redis import entry as entries
 from foxwork.backends.redis.connection import close_client
+from foxwork.backends.redis.dlq import DeadLetterQueue
 from foxwork.backends.resilient import ReconnectStrategy
 from foxwork.middleware import AckNackMiddleware, RetryMiddleware
 from foxwork.pool import WorkerPool
@@ -234,6 +235,72 @@ async def test_a_reject_and_a_requeue_are_settled_on_the_queues_master(
     await again.ack()
     assert await backend.flush(timeout=5)
     await assert_acked_away(client, backend, [first, second])
+
+
+async def rejected_on(backend: RedisStreamsBackend, ids: dict[str, list[str]]) -> None:
+    """Publish `ids` (queue → message ids) and reject each delivery: dead letters."""
+    holder = Holder()
+    for queue, queue_ids in ids.items():
+        for message_id in queue_ids:
+            await backend.publish(queue, b"{}", MessageProperties(message_id=message_id))
+        await backend.consume(queue, holder, prefetch=10)
+    await holder.wait_count(sum(map(len, ids.values())))
+    for message in holder.messages:
+        await message.nack(requeue=False)
+
+
+async def test_dead_letters_on_two_masters_are_listed_and_replayed_back_to_their_queues(
+    cluster: RedisCluster, client: ClusterClient, make_backend: Any
+) -> None:
+    # Given dead letters in two queues whose keys live on two different masters
+    first, second, _ = queues_on_every_master(cluster)
+    ids = {first: [f"{first}/{n}" for n in range(3)], second: [f"{second}/0"]}
+    backend = await make_backend([first, second])
+    await rejected_on(backend, ids)
+    keys = {queue: backend.config.keys(queue) for queue in ids}
+    await backend.close()  # nothing consumes the replayed copies
+
+    for queue, queue_ids in ids.items():
+        # When the dead-letter tool lists them through one startup node of the cluster
+        async with DeadLetterQueue(cluster.urls[-1], queue, cluster=True) as dead:
+            listed = await dead.list()
+            # Then it finds every one, with the broker's reason
+            assert [letter.id for letter in listed] == queue_ids
+            assert {letter.reason for letter in listed} == {"dead-lettered by the broker: rejected"}
+            assert "redis-cluster://" in repr(dead)
+
+            # and a replay moves each back to its queue's stream, in one step on its master
+            result = await dead.replay()
+            assert (result.replayed, result.failed, result.stopped) == (queue_ids, [], "")
+            assert await dead.count() == 0
+
+        assert await client.xlen(keys[queue].dead_letter) == 0
+        copies: Any = await client.xrange(keys[queue].stream)
+        assert [entries.decode(f).properties.message_id for _, f in copies] == queue_ids
+
+
+async def test_a_purge_on_the_cluster_deletes_the_dead_letters(
+    cluster: RedisCluster, client: ClusterClient, make_backend: Any
+) -> None:
+    # Given two dead letters of a queue on the cluster
+    [queue, *_] = queues_on_every_master(cluster)
+    backend = await make_backend([queue])
+    await rejected_on(backend, {queue: ["a", "b"]})
+
+    # When the dead-letter tool purges them
+    async with DeadLetterQueue(cluster.urls, queue, cluster=True) as dead:
+        assert await dead.purge() == 2
+
+    # Then the dead-letter stream is gone
+    assert await client.exists(backend.config.keys(queue).dead_letter) == 0
+
+
+async def test_the_dead_letter_tool_refuses_a_cluster_node_given_as_a_single_server(
+    cluster: RedisCluster,
+) -> None:
+    dead = DeadLetterQueue(cluster.urls[0], "orders")
+    with pytest.raises(ConfigurationError, match=r"is a Redis Cluster node: .*cluster=True"):
+        await dead.connect()
 
 
 # -- reclaiming -------------------------------------------------------------------------------

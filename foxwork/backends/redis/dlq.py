@@ -10,7 +10,11 @@ script (`MOVE_BACK`): it checks that the dead letter is still there, XADDs its c
 stream, then XDELs it from the dead-letter stream. A script runs atomically, so a dead
 letter is in one stream or the other, never in both or neither, whatever happens to the
 connection or the process; and two replays at once move each dead letter once. Both keys
-share the queue's hash tag, so on a Redis Cluster they live in one slot.
+share the queue's hash tag and are passed to the script (none is built inside it), so on a
+Redis Cluster they live in one slot and the script runs on the queue's master.
+
+It connects as `RedisStreamsBackend` does (`connection.open_client`): to a single server,
+or with `cluster=True` to a Redis Cluster.
 
 A dead letter is shown by its message id; one without a message id (entries written by
 another tool) goes by its entry id, which `show` and `replay(ids=...)` also accept.
@@ -24,7 +28,6 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import json
@@ -34,7 +37,6 @@ from types import TracebackType
 from typing import Any
 
 from aiolimiter import AsyncLimiter
-from redis.asyncio import BlockingConnectionPool, Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
@@ -47,17 +49,18 @@ from ...deadletter import (
     replay_choice,
 )
 from ...errors import BackendError, ConfigurationError, ConnectionLost, TopologyConflict
-from . import entry
+from . import connection, entry
 from .config import DEFAULT_KEY_PREFIX, RedisStreamsConfig
-from .consumer import CONNECTION_ERRORS
+from .connection import CONNECTION_ERRORS, Client, close_client, open_client
 
-__all__ = ["DeadLetterInfo", "DeadLetterQueue", "ReplayResult", "open_client"]
+__all__ = ["DeadLetterInfo", "DeadLetterQueue", "ReplayResult"]
 
 logger = logging.getLogger("foxwork.dlq")
 
 #: Dead letters one XRANGE reads at most.
 PAGE_SIZE = 100
-#: Connections the tool opens at most (it sends one command at a time).
+#: Connections the tool opens at most (per master in a cluster; it sends one command at a
+#: time).
 MAX_CONNECTIONS = 2
 
 #: KEYS: dead-letter stream, stream. ARGV: the dead letter's entry id, max stream length
@@ -79,35 +82,6 @@ end
 redis.call('XDEL', KEYS[1], ARGV[1])
 return copy
 """
-
-
-async def open_client(config: RedisStreamsConfig, *, max_connections: int) -> tuple[Redis, str]:
-    """A client of the first of `config.urls` that answers a PING, as `RedisStreamsBackend`
-    connects (a blocking pool, its connect timeout and health checks); and that URL,
-    redacted.
-
-    Raises:
-        ConnectionLost: no URL answered; says why for each, URLs redacted.
-    """
-    errors = []
-    for url in config.urls:
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=config.connect_timeout,
-            socket_connect_timeout=config.connect_timeout,
-            health_check_interval=config.health_check_interval,
-        )
-        client = Redis.from_pool(pool)
-        try:
-            async with asyncio.timeout(config.connect_timeout):
-                await client.ping()
-        except (RedisError, OSError, TimeoutError) as exc:
-            errors.append(f"{redact_url(url)}: {type(exc).__name__}: {exc}")
-            await client.aclose()
-            continue
-        return client, redact_url(url)
-    raise ConnectionLost("cannot connect to Redis: " + "; ".join(errors))
 
 
 def _properties(decoded: entry.Decoded, entry_id: str) -> dict[str, Any]:
@@ -163,8 +137,10 @@ class DeadLetterQueue:
         queue: the main queue whose dead letters these are.
         key_prefix: the prefix of the queue's keys, when the backend was given one.
         connect_timeout: seconds to connect.
-        config: a backend's settings instead (its URLs, key prefix, `max_len` and
-            timeouts); `url`, `key_prefix` and `connect_timeout` are then ignored.
+        cluster: the URLs are startup nodes of a Redis Cluster (see `RedisStreamsConfig`).
+        config: a backend's settings instead (its URLs, cluster mode, key prefix,
+            `max_len` and timeouts); `url`, `key_prefix`, `connect_timeout` and `cluster`
+            are then ignored.
     """
 
     def __init__(
@@ -174,19 +150,24 @@ class DeadLetterQueue:
         *,
         key_prefix: str = DEFAULT_KEY_PREFIX,
         connect_timeout: float = 10.0,
+        cluster: bool = False,
         config: RedisStreamsConfig | None = None,
     ) -> None:
         if config is None:
             if not url:
                 raise ConfigurationError("give a Redis URL, or config=RedisStreamsConfig(...)")
             config = RedisStreamsConfig(
-                url=url, queue=queue, key_prefix=key_prefix, connect_timeout=connect_timeout
+                url=url,
+                queue=queue,
+                key_prefix=key_prefix,
+                connect_timeout=connect_timeout,
+                cluster=cluster,
             )
         self.queue = queue
         self.keys = config.keys(queue)
         self.name = self.keys.dead_letter
         self._config = config
-        self._client: Redis | None = None
+        self._client: Client | None = None
         self._url = redact_url(config.urls[0])
         #: Always 0: browsing a stream holds nothing, so another client cannot hide any.
         self.unread = 0
@@ -207,30 +188,31 @@ class DeadLetterQueue:
         await self.close()
 
     async def connect(self) -> None:
-        """Connect to the first URL that answers.
+        """Connect to the first URL that answers (in a cluster: to the cluster, through
+        any startup node that answers).
 
         Raises:
             ConnectionLost: no URL answered; says why for each, URLs redacted.
+            ConfigurationError: the server is not in the mode `cluster` says.
         """
         if self._client is None:
-            self._client, self._url = await open_client(
-                self._config, max_connections=MAX_CONNECTIONS
-            )
+            config = self._config.model_copy(update={"max_connections": MAX_CONNECTIONS})
+            client = await open_client(config)
+            self._client, self._url = client, connection.describe(client)
 
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await client.aclose()
+            await close_client(client)
 
-    async def _connected(self) -> Redis:
+    async def _connected(self) -> Client:
         if self._client is None:
             await self.connect()
         assert self._client is not None
         return self._client
 
     @contextlib.asynccontextmanager
-    async def _mapped(self, what: str) -> AsyncIterator[Redis]:
+    async def _mapped(self, what: str) -> AsyncIterator[Client]:
         """The client, for `what`; Redis' errors → `BackendError`s."""
         client = await self._connected()
         try:
@@ -242,7 +224,7 @@ class DeadLetterQueue:
         except RedisError as exc:
             raise BackendError(f"{what} {self.name}: {exc}") from exc
 
-    async def _existing(self, client: Redis) -> bool:
+    async def _existing(self, client: Client) -> bool:
         """Whether the dead-letter stream exists (it is made by the first dead letter).
 
         Raises:
@@ -265,7 +247,7 @@ class DeadLetterQueue:
             )
         return found == "stream"
 
-    async def _snapshot(self, client: Redis) -> tuple[int, bytes | None]:
+    async def _snapshot(self, client: Client) -> tuple[int, bytes | None]:
         """(how many dead letters there are, the id of the last one), in one MULTI."""
         if not await self._existing(client):
             return 0, None
@@ -276,7 +258,7 @@ class DeadLetterQueue:
         return int(total), last[0][0] if last else None
 
     async def _entries(
-        self, client: Redis, last: bytes | None
+        self, client: Client, last: bytes | None
     ) -> AsyncIterator[tuple[bytes, dict[bytes, bytes]]]:
         """The dead letters up to `last` (those added later are left alone), oldest first,
         read a page at a time as the caller asks for them."""
