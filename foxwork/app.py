@@ -40,6 +40,8 @@ _RABBITMQ_FIELDS = (
 )
 #: Settings that mean something to RabbitMQ only (refused on a Redis URL).
 _RABBITMQ_ONLY = (*_RABBITMQ_FIELDS, "tls_ca", "tls_cert", "tls_key")
+#: Settings that mean something to Redis Streams only (refused on a RabbitMQ URL).
+_REDIS_ONLY = ("redis_cluster",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -395,6 +397,11 @@ def _given(settings: Settings, names: Sequence[str]) -> dict[str, Any]:
 def _rabbitmq(
     settings: Settings, queues: list[str], queue_settings: dict[str, QueueSettings]
 ) -> Backend:
+    redis_only = sorted(_given(settings, _REDIS_ONLY))
+    if redis_only:
+        raise ConfigurationError(
+            f"{', '.join(redis_only)} apply to Redis Streams only: unset them for RabbitMQ"
+        )
     given = _given(settings, (*_RABBITMQ_FIELDS, "connect_timeout"))
     urls = settings.urls
     config = RabbitMQConsumerConfig(
@@ -432,6 +439,7 @@ def _redis_streams(
     config = RedisStreamsConfig(
         url=urls[0] if len(urls) == 1 else urls,
         queue=queues,
+        cluster=settings.redis_cluster,
         **_given(settings, ("connect_timeout",)),
     )
     return RedisStreamsBackend(config)

@@ -73,9 +73,17 @@ class Settings(BaseSettings):
         default_factory=list,
         description=(
             "broker URL: amqp:// or amqps:// (RabbitMQ), redis:// or rediss:// (Redis "
-            "Streams); several for a RabbitMQ cluster"
+            "Streams); several for a RabbitMQ cluster, or a Redis Cluster's startup nodes"
         ),
         json_schema_extra={"flag": "--url"},
+    )
+    redis_cluster: bool = Field(
+        False,
+        description=(
+            "Redis Streams on a Redis Cluster: the URLs are startup nodes, each queue lives "
+            "on the master of its hash tag"
+        ),
+        json_schema_extra={"flag": "--redis-cluster"},
     )
     queue_type: QueueType = Field(
         QueueType.CLASSIC,

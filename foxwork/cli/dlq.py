@@ -19,9 +19,12 @@ from collections.abc import Awaitable, Callable, Collection
 from types import TracebackType
 from typing import Any, Protocol, TextIO
 
+from pydantic import TypeAdapter, ValidationError
+
 from .._redact import redact
 from ..deadletter import DeadLetterInfo, ReplayResult
 from ..errors import BackendError, ConfigurationError
+from ..settings import env_var
 from .common import ENV_URL, CommandLineError
 
 __all__ = ["add_dlq_command"]
@@ -33,6 +36,8 @@ _SUPPORTED = "amqp:// or amqps:// (RabbitMQ), redis:// or rediss:// (Redis Strea
 _NAMED_FAILURES = 10
 #: Seconds between two redraws of the progress line.
 _PROGRESS_INTERVAL = 0.1
+#: The variable of `--redis-cluster` (that of `foxwork run`'s setting).
+_ENV_REDIS_CLUSTER = env_var("redis_cluster")
 
 
 class DeadLetters(Protocol):
@@ -100,6 +105,15 @@ def add_dlq_command(subparsers: Any) -> None:
             metavar="PREFIX",
             help="Redis: the prefix of the queue's keys when it is not 'foxwork'",
         )
+        sub.add_argument(
+            "--redis-cluster",
+            action="store_const",
+            const=True,
+            help=(
+                "Redis: the URL is a node of a Redis Cluster (default: "
+                f"${_ENV_REDIS_CLUSTER}, as for foxwork run)"
+            ),
+        )
         sub.add_argument("--log-level", default="WARNING", type=str.upper, help=argparse.SUPPRESS)
 
     listing = actions.add_parser("list", help="one line per dead letter (does not consume)")
@@ -151,9 +165,15 @@ def add_dlq_command(subparsers: Any) -> None:
 def _open(url: str, args: argparse.Namespace) -> DeadLetters:
     """The dead letters of `args.queue` on the broker `url` names by its scheme."""
     scheme = url.partition("://")[0].lower() if "://" in url else ""
+    cluster = _redis_cluster(args)
     if scheme in ("amqp", "amqps"):
         if args.key_prefix is not None:
             raise CommandLineError("--key-prefix is for Redis URLs; on RabbitMQ use --dlq NAME")
+        if cluster is not None:
+            raise CommandLineError(
+                f"--redis-cluster (or ${_ENV_REDIS_CLUSTER}) is for Redis URLs: unset it for "
+                "RabbitMQ"
+            )
         from ..backends.rabbitmq.dlq import DeadLetterQueue as RabbitMQDeadLetters
 
         return RabbitMQDeadLetters(url, args.queue, dead_letter_queue=args.dlq)
@@ -172,9 +192,25 @@ def _open(url: str, args: argparse.Namespace) -> DeadLetters:
                 "pip install 'foxwork[redis]'"
             ) from None
         options = {} if args.key_prefix is None else {"key_prefix": args.key_prefix}
-        return RedisDeadLetters(url, args.queue, **options)
+        return RedisDeadLetters(url, args.queue, cluster=bool(cluster), **options)
     named = f"URL scheme {scheme!r}" if scheme else "a URL without a scheme"
     raise CommandLineError(f"{named} is not supported: use {_SUPPORTED}")
+
+
+def _redis_cluster(args: argparse.Namespace) -> bool | None:
+    """`--redis-cluster`, else `$FOXWORK_REDIS_CLUSTER` read as `foxwork run` reads it;
+    None when neither is given."""
+    if args.redis_cluster is not None:
+        return bool(args.redis_cluster)
+    text = os.environ.get(_ENV_REDIS_CLUSTER)
+    if text is None:
+        return None
+    try:
+        return TypeAdapter(bool).validate_python(text)
+    except ValidationError:
+        raise CommandLineError(
+            f"${_ENV_REDIS_CLUSTER}={text!r} is not a boolean: use true or false"
+        ) from None
 
 
 def _run(args: argparse.Namespace, action: Callable[[DeadLetters], Awaitable[int]]) -> int:

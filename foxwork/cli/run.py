@@ -97,6 +97,13 @@ def add_run_command(subparsers: Subparsers) -> None:
         ),
     )
     broker.add_argument(
+        "--redis-cluster",
+        action="store_const",
+        const=True,
+        help="the redis:// URLs are startup nodes of a Redis Cluster (repeat --url to give "
+        "several; any one that answers is enough)",
+    )
+    broker.add_argument(
         "--memory",
         action="store_const",
         const=True,

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,8 +28,11 @@ from foxwork.backends.redis.dlq import DeadLetterQueue
 from foxwork.backends.resilient import ReconnectStrategy
 from foxwork.middleware import AckNackMiddleware, RetryMiddleware
 from foxwork.pool import WorkerPool
+from tests.apps.files import read_lines
+from tests.apps.process import FoxworkProcess, foxwork_env
 from tests.harness.pytest_plugin import make_redis_cluster
 from tests.harness.redis import RedisCluster, execute
+from tests.support.deadletters import dlq, table_rows
 from tests.support.recording import Recorder, fail_while
 from tests.support.waiting import wait_until
 
@@ -35,6 +40,8 @@ from .conftest import FAST, Holder
 
 #: Entries published to each queue of the multi-queue test.
 PER_QUEUE = 40
+#: Seconds to wait for `foxwork run` to start, or to process what it was given.
+RUN_TIMEOUT = 30.0
 
 
 @pytest.fixture(scope="module")
@@ -249,6 +256,16 @@ async def rejected_on(backend: RedisStreamsBackend, ids: dict[str, list[str]]) -
         await message.nack(requeue=False)
 
 
+async def two_dead_letters(
+    cluster: RedisCluster, make_backend: Any
+) -> tuple[str, RedisStreamsBackend]:
+    """A new queue with two dead letters ("a", "b"), and the backend that made them."""
+    [queue, *_] = queues_on_every_master(cluster)
+    backend = await make_backend([queue])
+    await rejected_on(backend, {queue: ["a", "b"]})
+    return queue, backend
+
+
 async def test_dead_letters_on_two_masters_are_listed_and_replayed_back_to_their_queues(
     cluster: RedisCluster, client: ClusterClient, make_backend: Any
 ) -> None:
@@ -283,9 +300,7 @@ async def test_a_purge_on_the_cluster_deletes_the_dead_letters(
     cluster: RedisCluster, client: ClusterClient, make_backend: Any
 ) -> None:
     # Given two dead letters of a queue on the cluster
-    [queue, *_] = queues_on_every_master(cluster)
-    backend = await make_backend([queue])
-    await rejected_on(backend, {queue: ["a", "b"]})
+    queue, backend = await two_dead_letters(cluster, make_backend)
 
     # When the dead-letter tool purges them
     async with DeadLetterQueue(cluster.urls, queue, cluster=True) as dead:
@@ -365,6 +380,130 @@ async def test_killed_connections_on_every_master_lose_nothing_under_a_resilient
     assert sorted(worker.processed) == sorted(sent)
     await assert_acked_away(client, inner, queues)
     await backend.close()
+
+
+# -- the command line --------------------------------------------------------------------------
+
+
+def foxwork_run(cluster: RedisCluster, app: str, queues: list[str], **env: str) -> FoxworkProcess:
+    """`foxwork run APP --url NODE1 --url NODE2 --redis-cluster --queue Q...` (two of the
+    three masters as startup nodes: the client learns the third)."""
+    command = ["run", app, "--redis-cluster", "--concurrency", "4"]
+    for url in cluster.urls[:2]:
+        command += ["--url", url]
+    for queue in queues:
+        command += ["--queue", queue]
+    return FoxworkProcess(*command, env=foxwork_env(**env))
+
+
+async def publish_to(cluster: RedisCluster, ids: list[str]) -> None:
+    """Publish each `QUEUE/N` id to its QUEUE, through a cluster backend."""
+    queues = sorted({message_id.split("/")[0] for message_id in ids})
+    async with RedisStreamsBackend(url=cluster.urls, cluster=True, queue=queues) as publisher:
+        for message_id in ids:
+            queue = message_id.split("/")[0]
+            await publisher.publish(queue, b"{}", MessageProperties(message_id=message_id))
+
+
+async def test_foxwork_run_on_the_cluster_consumes_queues_on_every_master_and_exits_0_on_sigterm(
+    cluster: RedisCluster, client: ClusterClient, make_backend: Any, tmp_path: Path
+) -> None:
+    # Given `foxwork run --redis-cluster` consuming a queue on each master
+    queues = queues_on_every_master(cluster)
+    done = tmp_path / "processed"
+    foxwork = foxwork_run(
+        cluster, "tests.apps.recorder:pool", queues, FOXWORK_TEST_PROCESSED_FILE=str(done)
+    )
+    async with foxwork:
+        await foxwork.wait_for(r"pool 'recorder' running on .*, consuming ", timeout=RUN_TIMEOUT)
+
+        # When entries are added to each queue's stream
+        ids = [f"{queue}/{n}" for queue in queues for n in range(PER_QUEUE)]
+        await publish_to(cluster, ids)
+
+        # Then every one is processed, and acked away on its master
+        def processed() -> list[str]:
+            return [line.split()[2] for line in read_lines(done)] if done.exists() else []
+
+        await wait_until(
+            lambda: set(ids) <= set(processed()),
+            what=lambda: f"{len(ids)} ids processed (now {len(processed())})",
+            timeout=RUN_TIMEOUT,
+        )
+        observer = await make_backend(queues)
+        await wait_until(
+            lambda: _acked_away(client, observer, queues), what="every stream is empty"
+        )
+
+        # And SIGTERM stops it gracefully with exit code 0
+        foxwork.send_signal(signal.SIGTERM)
+        assert await foxwork.wait(timeout=RUN_TIMEOUT) == 0, foxwork.output
+    assert "graceful shutdown complete" in foxwork.output
+    assert sorted(processed()) == sorted(ids)
+
+
+async def test_foxwork_run_on_the_cluster_finishes_in_flight_messages_on_sigterm(
+    cluster: RedisCluster, client: ClusterClient, make_backend: Any, tmp_path: Path
+) -> None:
+    # Given `foxwork run --redis-cluster` of a slow worker (1 s a message) on every master
+    queues = queues_on_every_master(cluster)
+    started, finished = tmp_path / "started", tmp_path / "finished"
+    files = {"FOXWORK_TEST_STARTED_FILE": str(started), "FOXWORK_TEST_FINISHED_FILE": str(finished)}
+    async with foxwork_run(
+        cluster, "tests.apps.slow:pool", queues, FOXWORK_TEST_SLEEP="1", **files
+    ) as foxwork:
+        await foxwork.wait_for(r"pool 'slow' running on .*, consuming ", timeout=RUN_TIMEOUT)
+        ids = [f"{queue}/0" for queue in queues]
+        await publish_to(cluster, ids)
+        await wait_until(
+            lambda: started.exists() and len(read_lines(started)) == len(ids),
+            what="a message of each queue in flight",
+            timeout=RUN_TIMEOUT,
+        )
+
+        # When it gets SIGTERM while they are in flight
+        foxwork.send_signal(signal.SIGTERM)
+
+        # Then it lets them finish, acks them on their masters and exits 0
+        assert await foxwork.wait(timeout=RUN_TIMEOUT) == 0, foxwork.output
+    assert sorted(read_lines(finished)) == sorted(ids)
+    assert await _acked_away(client, await make_backend(queues), queues)
+
+
+async def _acked_away(
+    client: ClusterClient, backend: RedisStreamsBackend, queues: list[str]
+) -> bool:
+    try:
+        await assert_acked_away(client, backend, queues)
+    except AssertionError:
+        return False
+    return True
+
+
+async def test_foxwork_dlq_with_redis_cluster_lists_and_replays_dead_letters(
+    cluster: RedisCluster, client: ClusterClient, make_backend: Any
+) -> None:
+    # Given two dead letters of a queue on the cluster
+    queue, backend = await two_dead_letters(cluster, make_backend)
+    await backend.close()
+    url = cluster.urls[0]
+
+    # When `foxwork dlq list --redis-cluster` lists them
+    listed = await dlq("list", queue, "--redis-cluster", url=url)
+    # Then it shows both
+    assert listed.code == 0, listed.output
+    assert sorted(table_rows(listed.stdout)) == ["a", "b"]
+
+    # and `foxwork dlq replay --all --redis-cluster` puts them back in their queue
+    replayed = await dlq("replay", queue, "--all", "--redis-cluster", url=url)
+    assert replayed.code == 0, replayed.output
+    keys = backend.config.keys(queue)
+    assert (await client.xlen(keys.dead_letter), await client.xlen(keys.stream)) == (0, 2)
+
+    # while without --redis-cluster the node is refused, naming what to give
+    refused = await dlq("list", queue, url=url)
+    assert refused.code == 2
+    assert "is a Redis Cluster node" in refused.stderr
 
 
 async def test_a_cluster_node_given_as_a_single_server_is_refused(cluster: RedisCluster) -> None:

@@ -96,6 +96,51 @@ def test_queue_settings_meant_for_rabbitmq_are_refused_on_redis():
         app.make_backend(resolve_settings({"url": ["redis://127.0.0.1:1/0"], "heartbeat": 5}))
 
 
+def test_redis_cluster_makes_a_cluster_config_of_every_url():
+    pytest.importorskip("redis")
+    from foxwork.backends.redis import RedisStreamsBackend
+
+    # Given an App, and two startup nodes of a Redis Cluster with redis_cluster set
+    app = App("plain")
+    app.add(pool("a"), queues=["a", "b"])
+    urls = ["redis://:pw@10.0.0.1:7000/", "redis://:pw@10.0.0.2:7000/"]
+    for value, cluster in ((True, True), (False, False), (None, False)):
+        given: dict[str, Any] = {"url": urls}
+        if value is not None:
+            given["redis_cluster"] = value
+        # When its backend is made
+        backend = app.make_backend(resolve_settings(given))
+        # Then it is one Redis Streams backend whose config says cluster or not, every URL kept
+        assert isinstance(backend, ResilientBackend)
+        inner = backend.backend
+        assert isinstance(inner, RedisStreamsBackend)
+        assert (inner.config.cluster, inner.config.urls, inner.config.queues) == (
+            cluster,
+            urls,
+            ("a", "b"),
+        )
+
+
+def test_a_cluster_config_the_cluster_cannot_take_is_refused_when_made():
+    pytest.importorskip("redis")
+    app = App("plain")
+    app.add(pool("a"), queues=["a"])
+    settings = resolve_settings({"url": ["redis://127.0.0.1:7000/3"], "redis_cluster": True})
+    with pytest.raises(ConfigurationError, match="a Redis Cluster has only database 0"):
+        app.make_backend(settings)
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_redis_cluster_is_refused_on_rabbitmq(value: bool):
+    app = App("plain")
+    app.add(pool("a"), queues=["a"])
+    settings = resolve_settings({"url": [URL], "redis_cluster": value})
+    with pytest.raises(ConfigurationError, match="redis_cluster apply to Redis Streams only"):
+        app.make_backend(settings)
+    # and left unset, it is no obstacle
+    assert isinstance(app.make_backend(resolve_settings({"url": [URL]})), ResilientBackend)
+
+
 @pytest.mark.parametrize(
     ("add", "error"),
     [

@@ -121,6 +121,32 @@ def test_print_config_shows_the_effective_settings_and_their_sources(
     assert report["pools"][0]["queue_settings"] == {"queue_type": "quorum"}
 
 
+@pytest.mark.parametrize(
+    ("flags", "environment", "expected", "source"),
+    [
+        ([], {}, False, "default"),
+        (["--redis-cluster"], {}, True, "flag"),
+        ([], {"FOXWORK_REDIS_CLUSTER": "true"}, True, "environment"),
+        (["--redis-cluster"], {"FOXWORK_REDIS_CLUSTER": "false"}, True, "flag"),
+    ],
+)
+def test_redis_cluster_comes_from_its_flag_or_its_variable(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+    environment: dict[str, str],
+    expected: bool,
+    source: str,
+):
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    args = ["run", "tests.cli_app:pool", "--print-config", "--url", "redis://127.0.0.1:7000/"]
+    assert cli.main([*args, *flags]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["settings"]["redis_cluster"] is expected
+    assert report["sources"]["redis_cluster"] == source
+
+
 def test_worker_processes_get_the_settings_of_the_flags_in_their_environment(
     monkeypatch: pytest.MonkeyPatch,
 ):
