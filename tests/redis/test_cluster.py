@@ -163,6 +163,25 @@ async def test_more_publishes_at_once_than_max_connections_wait_for_a_connection
     assert backend.is_connected
 
 
+async def test_the_depth_of_each_queue_is_asked_of_its_own_master(
+    cluster: RedisCluster, make_backend: Any
+) -> None:
+    # Given a queue on each master with 1, 2 and 3 entries waiting
+    queues = queues_on_every_master(cluster)
+    backend = await make_backend(queues)
+    for count, queue in enumerate(queues, start=1):
+        for n in range(count):
+            await backend.publish(queue, b"{}", MessageProperties(message_id=f"{queue}/{n}"))
+    # Then each queue's depth is its own
+    assert [await backend.queue_depth(queue) for queue in queues] == [1, 2, 3]
+
+    # and after a consumer took one entry of the last queue, one fewer waits there
+    holder = Holder()
+    await backend.consume(queues[2], holder, prefetch=1)
+    await holder.wait_count(1)
+    assert await backend.queue_depth(queues[2]) == 2
+
+
 # -- retries and dead letters -----------------------------------------------------------------
 
 

@@ -493,6 +493,36 @@ class RedisStreamsBackend(Backend):
 
     # -- reporting -----------------------------------------------------------------------
 
+    async def queue_depth(self, queue: str) -> int | None:
+        """The entries of `queue` waiting to be delivered to the consumer group: the group's
+        `lag` (XINFO GROUPS, Redis 7+), at most the stream's length (Redis 7.0 still counts
+        entries `max_len` trimmed away). When Redis cannot tell the lag (an entry not yet
+        delivered was deleted, or Redis 6), the stream's length minus the group's pending
+        entries: settled entries are deleted, so the stream holds only waiting and pending
+        ones (exact while no pending entry was trimmed). In-flight entries and retries in
+        the retry set are not counted. None when the stream or its group does not exist.
+        """
+        client = self._require_connection()
+        stream = self.config.keys(queue).stream
+        async with self._slots, self._mapped(f"asking for the depth of {queue!r}"):
+            try:
+                async with client.pipeline(transaction=True) as pipe:
+                    pipe.xinfo_groups(stream)
+                    pipe.xlen(stream)
+                    groups, length = await pipe.execute()
+            except ResponseError as exc:
+                if "no such key" in str(exc):
+                    return None
+                raise
+        group = self.config.group.encode()
+        for info in groups:
+            if info["name"] in (group, self.config.group):
+                lag = info.get("lag")
+                if lag is None:
+                    return max(int(length) - int(info["pending"]), 0)
+                return min(int(lag), int(length))
+        return None
+
     def health(self) -> dict[str, Any]:
         return {
             **super().health(),
