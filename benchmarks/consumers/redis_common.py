@@ -28,7 +28,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import sys
 import threading
 import time
@@ -38,7 +37,7 @@ from typing import Any, Protocol
 
 import redis
 
-from ._common import peak_rss_kib, rss_kib
+from . import _common
 
 #: Unsettled messages a candidate holds at most; also raw redis-py's COUNT.
 DEFAULT_PREFETCH = 256
@@ -59,65 +58,35 @@ def body_object(n: int) -> dict[str, Any]:
     return payload
 
 
-class Probe:
-    """Counts handler calls (from any thread) and times the run."""
+class Probe(_common.Probe):
+    """The RabbitMQ suite's probe, fed by the handler instead of the AMQP client: counts
+    handler calls (from any thread, in `acked`) and times the run."""
 
     def __init__(self, expected: int) -> None:
-        self.expected = expected
-        self.seen_count = 0
+        super().__init__(expected)
         self.all_seen = threading.Event()
         self._lock = threading.Lock()
-        self.started_at: float | None = None
-        self.finished_at: float | None = None
-        self.cpu_start = (0.0, 0.0)
-        self.cpu_end = (0.0, 0.0)
-        self.rss_start_kib = 0
-        self.rss_end_kib = 0
         self.error: str | None = None
 
     def seen(self) -> None:
         """One message handled (called by the handler)."""
         with self._lock:
-            self.seen_count += 1
-            count = self.seen_count
+            self.acked += 1
+            count = self.acked
         if count == 1:
-            self.rss_start_kib = rss_kib()
-            self.cpu_start = _cpu()
-            self.started_at = time.perf_counter()
+            self._mark_start()
         if count == self.expected:
             self.all_seen.set()
 
-    def finish(self) -> None:
+    def finish(self) -> None:  # type: ignore[override]
+        """Stop the clock (Redis showed every message settled)."""
         self.finished_at = time.perf_counter()
-        self.cpu_end = _cpu()
-        self.rss_end_kib = rss_kib()
+        self.cpu_end = _common._cpu()
+        self.rss_end_kib = _common.rss_kib()
 
     def result(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "expected": self.expected,
-            "acked": self.seen_count if self.finished_at is not None else 0,
-            "handled": self.seen_count,
-            "peak_rss_kib": peak_rss_kib(),
-            "rss_start_kib": self.rss_start_kib,
-            "rss_end_kib": self.rss_end_kib,
-        }
-        if self.started_at is not None and self.finished_at is not None:
-            elapsed = self.finished_at - self.started_at
-            user = self.cpu_end[0] - self.cpu_start[0]
-            system = self.cpu_end[1] - self.cpu_start[1]
-            out.update(
-                elapsed_s=elapsed,
-                msgs_per_s=self.seen_count / elapsed if elapsed > 0 else None,
-                cpu_s=user + system,
-                cpu_user_s=user,
-                cpu_sys_s=system,
-            )
-        return out
-
-
-def _cpu() -> tuple[float, float]:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime, usage.ru_stime
+        # "acked" counts handler calls: only a finished run has had them all settled.
+        return super().result() | {"handled": self.acked, "ready_after": None}
 
 
 class Stopper:
@@ -155,7 +124,7 @@ def _monitor(candidate: Candidate, args: argparse.Namespace, probe: Probe, stop:
     try:
         client = redis.Redis.from_url(args.url)
         if not probe.all_seen.wait(args.timeout):
-            probe.error = f"timed out: {probe.seen_count} of {args.expected} handled"
+            probe.error = f"timed out: {probe.acked} of {args.expected} handled"
             return
         while not candidate.settled(client, args.queue):
             if time.monotonic() > deadline:
