@@ -344,3 +344,24 @@ async def test_a_consume_cancelled_while_it_starts_leaves_no_consumer_and_no_cha
     await probe.publish(b"{}", routing_key=queue_name, message_id="unclaimed")
     await probe.wait_for_ready(queue_name, 1)
     assert handled == []
+
+
+async def test_a_connection_the_broker_dropped_is_closed_on_the_event_loop(
+    make_backend: BackendFactory, rabbitmq_node: Any, request: pytest.FixtureRequest
+) -> None:
+    # Given a connected backend
+    name = f"to drop: {request.node.nodeid}"
+    backend = await make_backend(connection_name=name)
+    dropped = backend._connection
+    assert dropped is not None
+    # When the broker closes its connection
+    listed = await asyncio.to_thread(
+        rabbitmq_node.ctl, "list_connections", "pid", "client_properties"
+    )
+    [pid] = [line.split("\t")[0] for line in listed.splitlines() if name in line]
+    await asyncio.to_thread(rabbitmq_node.ctl, "close_connection", pid, "closed by the test")
+    await wait_until(lambda: not backend.is_connected, what="the loss noticed")
+    # Then the dropped aio-pika connection is closed, here: left open, it is closed by its
+    # finaliser, which creates a close() coroutine that nothing awaits when the collection
+    # happens where no event loop runs (a RuntimeWarning, an error under -W error)
+    await wait_until(lambda: dropped.is_closed, what="the dropped connection closed")

@@ -102,6 +102,8 @@ class RabbitMQBackend(Backend):
         self._acks: dict[RawChannel, AckCoalescer] = {}
         #: Closing the channels of cancelled consumers, once their messages are settled.
         self._retiring: set[asyncio.Task[None]] = set()
+        # Dropped connections being closed (see _drop): not cancelled by a reconnect.
+        self._dropping: set[asyncio.Task[None]] = set()
         self._tag_counter = 0
         self._closing = False
         #: Settlements that could not reach the broker because the channel had died (the
@@ -143,6 +145,9 @@ class RabbitMQBackend(Backend):
         await self._restorer.stop()
         await self._stop_retiring()
         self._acks.clear()
+        if self._connection is not None:  # closed or dying, yet not reported lost
+            self._drop(self._connection)
+            self._connection = None
         connection, url = await connect_first(
             self._ordered_urls(),
             self.config,
@@ -162,9 +167,25 @@ class RabbitMQBackend(Backend):
         if self._closing or sender is not self._connection:
             return
         # Dead from now on, even before aio-pika marks it closed: connect() must not reuse it.
-        self._connection = None
+        dropped, self._connection = self._connection, None
         logger.warning("connection to %s lost: %s", redact_url(self._url or ""), exc)
+        if dropped is not None:
+            self._drop(dropped)
         self._notify_connection_lost(exc)
+
+    def _drop(self, connection: AbstractConnection) -> None:
+        # aio-pika marks a connection the broker dropped closed only once close() ran: left
+        # alone, its finaliser creates that coroutine, and where no event loop runs (a
+        # collection in another thread) nothing ever awaits it. Closed here, on the loop,
+        # by a task a reconnect does not cancel.
+        task = asyncio.get_running_loop().create_task(self._close_dropped(connection))
+        self._dropping.add(task)
+        task.add_done_callback(self._dropping.discard)
+
+    async def _close_dropped(self, connection: AbstractConnection) -> None:
+        with contextlib.suppress(*TRANSPORT_ERRORS, TimeoutError):
+            async with asyncio.timeout(self.config.connect_timeout):
+                await connection.close()
 
     def _require_connection(self) -> AbstractConnection:
         if self._connection is None or self._connection.is_closed:
@@ -186,6 +207,8 @@ class RabbitMQBackend(Backend):
         if connection is not None and not connection.is_closed:
             with contextlib.suppress(*TRANSPORT_ERRORS, TimeoutError):
                 await connection.close()
+        if self._dropping:
+            await asyncio.wait(list(self._dropping), timeout=self.config.connect_timeout)
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until every ack handed over so far has been written (or has failed)."""

@@ -8,6 +8,7 @@ to something else is refused, never silently replaced."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable
 
@@ -45,14 +46,19 @@ async def connect_first(
     refused = 0
     for url in urls:
         target, properties = _with_settings(URL(url), config, connection_name)
+        # Made here rather than by aio_pika.connect(), which drops a connection that failed
+        # to connect unclosed: its finaliser then creates a close() coroutine that nothing
+        # awaits when a collection runs outside the event loop's thread.
+        connection = aio_pika.Connection(
+            target, ssl_context=config.ssl_context, client_properties=properties
+        )
         try:
-            connection = await aio_pika.connect(
-                target,
-                timeout=config.connect_timeout,
-                ssl_context=config.ssl_context,
-                client_properties=properties,
-            )
-        except (*TRANSPORT_ERRORS, TimeoutError) as exc:
+            await connection.connect(timeout=config.connect_timeout)
+        except BaseException as exc:
+            with contextlib.suppress(*TRANSPORT_ERRORS, TimeoutError):
+                await connection.close()
+            if not isinstance(exc, (*TRANSPORT_ERRORS, TimeoutError)):
+                raise
             refusal = _refusal(exc, url)
             if refusal is not None:
                 refused += 1
