@@ -1,4 +1,5 @@
-"""Quick start: a typed worker, acks, a retry and a dead letter, on the in-memory backend.
+"""Quick start: a publisher, a typed worker, acks, a retry and a dead letter, on the in-memory
+backend.
 
 Run it with `python examples/quickstart.py`; no broker needed.
 """
@@ -8,7 +9,7 @@ import logging
 
 from pydantic import BaseModel
 
-from foxwork import DeadLetter, Message, Worker, WorkerPool
+from foxwork import DeadLetter, Message, Publisher, Worker, WorkerPool
 from foxwork.backends import MemoryBackend
 from foxwork.middleware import AckNackMiddleware, RetryMiddleware
 
@@ -36,20 +37,21 @@ class OrderWorker(Worker[Order]):
 
 async def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)-7s %(name)s: %(message)s")
-    backend = MemoryBackend()
-    for order in (
+    backend = MemoryBackend(queues=["orders"])
+    orders = (
         Order(order_id=1, sku="AB-12", quantity=2),
         Order(order_id=2, sku="CD-34", quantity=1),
         Order(order_id=3, sku="ZZ-404", quantity=5),
-    ):
-        await backend.add_message("orders", order)
-
+    )
     pool = WorkerPool(
         workers=[OrderWorker(), OrderWorker()],
         middleware=[AckNackMiddleware(), RetryMiddleware(max_attempts=3, initial_backoff=0.1)],
         queues=["orders"],
     )
     async with backend:
+        publisher = Publisher(backend)  # the same Publisher publishes to RabbitMQ
+        for order in orders:
+            await publisher.publish(order, routing_key="orders")  # JSON, with a message id
         await pool.start(backend)
         await backend.join("orders", timeout=10)  # every message settled, no retry pending
         await pool.shutdown()
