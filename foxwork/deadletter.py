@@ -15,6 +15,7 @@ from .errors import ConfigurationError
 
 __all__ = [
     "REPLAY_DROPPED_HEADERS",
+    "REPLAY_IDS_KEPT",
     "DeadLetterInfo",
     "ReplayResult",
     "describe",
@@ -33,6 +34,10 @@ REPLAY_DROPPED_HEADERS = frozenset(
         *wire.BROKER_HEADERS,
     )
 )
+
+#: Ids a `ReplayResult` keeps of the dead letters replayed, and of those that failed (the
+#: first ones, in DLQ order): a replay's memory does not grow with the DLQ.
+REPLAY_IDS_KEPT = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,15 +162,24 @@ def describe(
 class ReplayResult:
     """What a dead-letter queue's `replay()` did.
 
+    A replay of a large DLQ does not keep every id: `replayed` and `failed` may hold only
+    the first `REPLAY_IDS_KEPT` of each, and `replayed_count` and `failed_count` say how
+    many there were.
+
     Attributes:
-        replayed: ids replayed (or that would be, in a dry run), in DLQ order.
-        failed: ids whose copy was not taken: they stay in the DLQ.
+        replayed: ids replayed (or that would be, in a dry run), in DLQ order; the first
+            `REPLAY_IDS_KEPT` when there were more.
+        failed: ids whose copy was not taken: they stay in the DLQ; the first
+            `REPLAY_IDS_KEPT` when there were more.
         skipped: how many of the dead letters there at the start were left alone (not
             chosen, beyond the limit, or not read).
         dry_run: nothing was changed.
         stopped: why the replay stopped before it was done ("" when it did not stop
             early); every dead letter not replayed is still in the DLQ.
         reasons: the reason of each id in `replayed` and `failed`.
+        total_replayed: how many were replayed, when `replayed` does not hold them all
+            (None: `len(replayed)`); read `replayed_count`.
+        total_failed: likewise for `failed`; read `failed_count`.
     """
 
     replayed: list[str]
@@ -174,6 +188,18 @@ class ReplayResult:
     dry_run: bool
     stopped: str = ""
     reasons: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    total_replayed: int | None = None
+    total_failed: int | None = None
+
+    @property
+    def replayed_count(self) -> int:
+        """How many dead letters were replayed (or would be, in a dry run)."""
+        return len(self.replayed) if self.total_replayed is None else self.total_replayed
+
+    @property
+    def failed_count(self) -> int:
+        """How many dead letters were not replayed: they stay in the DLQ."""
+        return len(self.failed) if self.total_failed is None else self.total_failed
 
 
 def replay_choice(

@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from types import TracebackType
 from typing import Any, Protocol, TextIO
 
@@ -236,38 +236,57 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def print_table(letters: list[DeadLetterInfo], out: TextIO) -> None:
-    rows = [
+#: The table's columns and their widths: fixed, so each row is printed as it is read; a
+#: longer cell is cut, with "…" at the end.
+_COLUMNS = (("ID", 36), ("ATTEMPT", 7), ("FAILED AT", 32), ("EXCEPTION", 48), ("REASON", 60))
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "  ".join(
+        _cut(cell, width).ljust(width) for cell, (_, width) in zip(cells, _COLUMNS, strict=True)
+    ).rstrip()
+
+
+def _table_row(letter: DeadLetterInfo) -> str:
+    return _row(
         (
             letter.id or str(letter.properties.get("entry_id") or "-"),
             str(letter.final_attempt or "-"),
             letter.failed_at or "-",
             letter.exception_type or "-",
-            _cut(letter.reason, _REASON_WIDTH),
+            letter.reason,
         )
-        for letter in letters
-    ]
-    header = ("ID", "ATTEMPT", "FAILED AT", "EXCEPTION", "REASON")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print(
-            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(), file=out
-        )
+    )
+
+
+def _letters(dlq: DeadLetters, limit: int | None) -> AsyncIterator[DeadLetterInfo]:
+    """The dead letters as they are read, when the broker's tool streams them (RabbitMQ);
+    else its list."""
+    stream = getattr(dlq, "iter_letters", None)
+    if stream is not None:
+        letters: AsyncIterator[DeadLetterInfo] = stream(limit=limit)
+        return letters
+
+    async def listed() -> AsyncIterator[DeadLetterInfo]:
+        for letter in await dlq.list(limit=limit):
+            yield letter
+
+    return listed()
 
 
 def _list(args: argparse.Namespace) -> int:
     async def action(dlq: DeadLetters) -> int:
-        letters = await dlq.list(limit=args.limit)
+        shown = 0
+        if not args.json:
+            print(_row([name for name, _ in _COLUMNS]))
+        async for letter in _letters(dlq, args.limit):
+            shown += 1
+            print(json.dumps(letter.summary()) if args.json else _table_row(letter))
         # The true total, also when a limit cut the list short (at least those read: a
         # pool may add dead letters meanwhile).
-        total = max(await dlq.count(), len(letters))
-        if args.json:
-            for letter in letters:
-                print(json.dumps(letter.summary()))
-        else:
-            print_table(letters, sys.stdout)
-        shown = "" if len(letters) == total else f"showing {len(letters)} of "
-        print(f"{shown}{total} dead letter(s) in {dlq.name}", file=sys.stderr)
+        total = max(await dlq.count(), shown)
+        showing = "" if shown == total else f"showing {shown} of "
+        print(f"{showing}{total} dead letter(s) in {dlq.name}", file=sys.stderr)
         return 0
 
     return _run(args, action)
@@ -360,6 +379,9 @@ def _replay(args: argparse.Namespace) -> int:
             for message_id in result.replayed:
                 reason = _cut(result.reasons.get(message_id, ""), _REASON_WIDTH * 2)
                 print(f"would replay {message_id or '-'}: {reason}")
+            unnamed = result.replayed_count - len(result.replayed)
+            if unnamed > 0:
+                print(f"would replay {unnamed} more (not named)")
         print(summary(result))
         if result.stopped:
             print(
@@ -367,7 +389,7 @@ def _replay(args: argparse.Namespace) -> int:
                 "replayed is still in the DLQ",
                 file=sys.stderr,
             )
-        return 1 if result.failed or result.stopped else 0
+        return 1 if result.failed_count or result.stopped else 0
 
     return _run(args, action)
 
@@ -375,10 +397,10 @@ def _replay(args: argparse.Namespace) -> int:
 def summary(result: ReplayResult) -> str:
     """The one line `foxwork dlq replay` ends with."""
     verb = "would replay" if result.dry_run else "replayed"
-    line = f"{verb} {len(result.replayed)}, failed {len(result.failed)}"
-    if result.failed:
+    line = f"{verb} {result.replayed_count}, failed {result.failed_count}"
+    if result.failed_count:
         named = ", ".join(i or "-" for i in result.failed[:_NAMED_FAILURES])
-        more = len(result.failed) - _NAMED_FAILURES
+        more = result.failed_count - min(len(result.failed), _NAMED_FAILURES)
         line += f" (still in the DLQ: {named}{f' and {more} more' if more > 0 else ''})"
     return f"{line}, left alone {result.skipped}"
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from foxwork.backends.rabbitmq import dlq as dlq_module
 from foxwork.backends.rabbitmq import replay as replay_module
 from foxwork.backends.rabbitmq.dlq import DeadLetterQueue
 from tests.harness.rabbitmq import RabbitMQNode
@@ -255,3 +256,20 @@ async def test_a_dead_letter_another_user_sent_is_replayed_without_its_user_id(
         ("theirs", None),
     ]
     assert await probe.ready(queues.dlq) == 0
+
+
+async def test_iter_letters_streams_every_dead_letter_in_order_a_window_at_a_time(
+    large_dlq: tuple[Queues, list[str]], probe: RabbitProbe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a DLQ of 300 dead letters, read in windows of 64 (the last one short)
+    queues, ids = large_dlq
+    monkeypatch.setattr(dlq_module, "_BROWSE_WINDOW", 64)
+
+    # When a user iterates over them
+    async with DeadLetterQueue(queues.url, queues.queue) as dlq:
+        seen = [letter.id async for letter in dlq.iter_letters()]
+
+    # Then they get every one, oldest first, and every one is still in the DLQ, in order
+    assert seen == ids
+    assert dlq.unread == 0
+    assert [m.message_id for m in await probe.peek(queues.dlq)] == ids

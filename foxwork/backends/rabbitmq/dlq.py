@@ -1,25 +1,27 @@
 """Inspect, replay and purge a queue's dead letters on RabbitMQ (`foxwork dlq ...` in code).
 
-Listing browses `Q-dlq` without consuming it: messages are fetched unacknowledged, one at a
-time and only as far as needed (a limit, the id shown), and all put back in order when the
-browse ends. Replay reads the same way and publishes each chosen dead letter back to the
-queue it failed in as it comes (through the default exchange, so queues bound to the same
-routing key do not get a second copy), with publisher confirms, and removes the dead letter
-only after its copy is confirmed: an interrupted replay leaves every message in the DLQ or
-in the queue, at worst in both, never in neither.
+Listing browses `Q-dlq` without consuming it: messages are received unacknowledged, a
+window of them at a time (`_BROWSE_WINDOW`, never more than a limit asks for), and all put
+back in order when the browse ends; `show` fetches one at a time and stops at the id it
+shows. Replay reads the same way and publishes each chosen dead letter back to the queue it
+failed in as it comes (through the default exchange, so queues bound to the same routing
+key do not get a second copy), with publisher confirms, and removes the dead letter only
+after its copy is confirmed: an interrupted replay leaves every message in the DLQ or in
+the queue, at worst in both, never in neither.
 
 Dead letters made by foxwork carry `x-failure-reason` and friends; those the broker made
 (rejections, a quorum queue's delivery limit) carry `x-death`, and the reason is read from it.
 
 Example:
     async with DeadLetterQueue("amqp://guest:guest@127.0.0.1/", "orders") as dlq:
-        for letter in await dlq.list():
+        async for letter in dlq.iter_letters():
             print(letter.id, letter.reason)
         result = await dlq.replay(reason_match="timeout", limit=100)
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection
@@ -46,6 +48,13 @@ from .replay import Replay
 logger = logging.getLogger("foxwork.dlq")
 
 __all__ = ["DeadLetterInfo", "DeadLetterQueue", "ReplayResult"]
+
+#: Dead letters a browse asks the broker for at once (the consumer's prefetch): a window
+#: costs two round trips (consume, cancel) instead of one per dead letter.
+_BROWSE_WINDOW = 500
+#: Seconds a browse waits for the next dead letter of a window before it looks whether
+#: any is left to read (another client may have taken the rest).
+_BROWSE_IDLE = 2.0
 
 
 def _describe(message: AbstractIncomingMessage, queue: str) -> DeadLetterInfo:
@@ -211,6 +220,89 @@ class DeadLetterQueue:
             yield message
         self._count_unread(wanted - fetched, wanted)
 
+    async def _stream(
+        self,
+        channel: AbstractChannel,
+        queue: AbstractQueue,
+        count: int,
+        *,
+        window: int = _BROWSE_WINDOW,
+    ) -> AsyncGenerator[AbstractIncomingMessage]:
+        """At most `count` dead letters from the head of the DLQ (after those `channel`
+        holds already), oldest first, left unacknowledged.
+
+        They come a window at a time: a consumer with a prefetch of the window receives
+        that many and is cancelled, and the next one, with the window's dead letters still
+        held, receives the next. Never more than `count` are handed out. Closing `channel`
+        puts every message not acked back in its place.
+        """
+        received = 0
+        while received < count:
+            size = min(window, count - received)
+            got = 0
+            async for message in self._window(channel, queue, size):
+                got += 1
+                yield message
+            received += got
+            if got < size:
+                return
+
+    async def _window(
+        self, channel: AbstractChannel, queue: AbstractQueue, size: int
+    ) -> AsyncGenerator[AbstractIncomingMessage]:
+        """One window: up to `size` dead letters, fewer only when none is left ready."""
+        arrived: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+
+        async def deliver(message: AbstractIncomingMessage) -> None:
+            arrived.put_nowait(message)
+
+        # A per-consumer prefetch applies to consumers started after it is set.
+        await channel.set_qos(prefetch_count=size)
+        tag = await queue.consume(deliver, no_ack=False)
+        try:
+            for _ in range(size):
+                message = await self._next(channel, arrived)
+                if message is None:
+                    return
+                yield message
+        finally:
+            # Cancelling keeps the window's dead letters held (and so the next consumer
+            # starts after them); a channel already gone has dropped them anyway.
+            with contextlib.suppress(*TRANSPORT_ERRORS):
+                await queue.cancel(tag)
+
+    async def _next(
+        self, channel: AbstractChannel, arrived: asyncio.Queue[AbstractIncomingMessage]
+    ) -> AbstractIncomingMessage | None:
+        """The next delivery; None once the DLQ has none ready and none arrived."""
+        while True:
+            try:
+                return await asyncio.wait_for(arrived.get(), _BROWSE_IDLE)
+            except TimeoutError:
+                if arrived.empty() and not await self._ready(channel):
+                    return None
+
+    async def _ready(self, channel: AbstractChannel) -> int:
+        queue = await self._existing_queue(channel)
+        return queue.declaration_result.message_count or 0
+
+    async def _browse(
+        self, channel: AbstractChannel, limit: int | None
+    ) -> AsyncGenerator[AbstractIncomingMessage]:
+        """The dead letters there now (at most `limit`), oldest first, unacknowledged,
+        a window at a time; counts those it could not read in `unread`."""
+        queue = await self._existing_queue(channel)
+        total = queue.declaration_result.message_count or 0
+        # Only as many as were there when we looked: messages that a running pool adds
+        # meanwhile are left alone.
+        wanted = total if limit is None else min(total, limit)
+        fetched = 0
+        async with contextlib.aclosing(self._stream(channel, queue, wanted)) as messages:
+            async for message in messages:
+                fetched += 1
+                yield message
+        self._count_unread(wanted - fetched, wanted)
+
     def _count_unread(self, unread: int, wanted: int) -> None:
         # Messages another client holds unacked (another browse, a consumer of the DLQ) are
         # invisible until it lets go: say so rather than pretend the list is complete.
@@ -224,17 +316,31 @@ class DeadLetterQueue:
                 self.name,
             )
 
+    async def iter_letters(self, *, limit: int | None = None) -> AsyncGenerator[DeadLetterInfo]:
+        """The dead letters, oldest first, as they are read, without consuming them.
+
+        Nothing is kept per dead letter: a DLQ of any size is listed in the memory of one
+        window (`_BROWSE_WINDOW` dead letters). Every dead letter read stays checked out
+        (unacknowledged) until the iteration ends, when all go back in order; end it (or
+        leave the `async for`) to hand them back. With a `limit`, only the first `limit`
+        dead letters are read; the others are never fetched.
+        """
+        async with (
+            self._browsing("listing") as channel,
+            contextlib.aclosing(self._browse(channel, limit)) as messages,
+        ):
+            async for message in messages:
+                yield self._describe(message)
+
     async def list(self, *, limit: int | None = None) -> list[DeadLetterInfo]:
-        """The dead letters, oldest first, without consuming them.
+        """The dead letters, oldest first, without consuming them, all loaded in memory
+        (bodies and headers included): for a large DLQ, use `iter_letters()`.
 
         With a `limit`, only the first `limit` dead letters are read; the others are never
         fetched.
         """
-        async with (
-            self._browsing("listing") as channel,
-            contextlib.aclosing(self._fetch(channel, limit)) as messages,
-        ):
-            return [self._describe(message) async for message in messages]
+        async with contextlib.aclosing(self.iter_letters(limit=limit)) as letters:
+            return [letter async for letter in letters]
 
     async def show(self, message_id: str) -> DeadLetterInfo | None:
         """The oldest dead letter with this message id, or None.
