@@ -31,6 +31,8 @@ from . import _support as s
 #: Candidate name → (module in benchmarks/consumers, extra arguments).
 CANDIDATES: dict[str, tuple[str, tuple[str, ...]]] = {
     "raw_aiopika": ("raw_aiopika", ()),
+    # aio-pika with the same telemetry written by hand (what a team without foxwork runs).
+    "raw_aiopika_otel": ("raw_aiopika_otel", ()),
     "foxwork_bare": ("foxwork_bare", ()),
     "foxwork_full": ("foxwork_full", ()),
     "faststream_sub": ("faststream_sub", ()),
