@@ -10,15 +10,16 @@ from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .. import telemetry, wire
-from ..errors import ConfigurationError, Drop
-from ..message import Message
+from ..errors import ConfigurationError, Drop, RetryLater
+from ..message import Message, SettleState
 from .base import CallNext
 
 __all__ = ["TracingMiddleware"]
 
 #: The `messaging.system` of every span.
 MESSAGING_SYSTEM = "rabbitmq"
-#: The operation every span stands for.
+#: The operation every span stands for: its `messaging.operation.type` and
+#: `messaging.operation.name`.
 OPERATION = "process"
 #: Status description of a span whose processing was cancelled (a shutdown deadline).
 CANCELLED = "cancelled: the message goes back to its queue"
@@ -36,7 +37,7 @@ class TracingMiddleware:
 
     Attributes, after the OpenTelemetry messaging semantic conventions:
     `messaging.system` ("rabbitmq"), `messaging.destination.name` (the queue),
-    `messaging.operation.type` and the older `messaging.operation` ("process"),
+    `messaging.operation.type` and `messaging.operation.name` ("process"),
     `messaging.message.id`, `messaging.message.body.size`,
     `messaging.rabbitmq.destination.routing_key`, `messaging.rabbitmq.message.delivery_tag`,
     `messaging.message.conversation_id` (the correlation id, when set); and foxwork's own
@@ -45,7 +46,12 @@ class TracingMiddleware:
     A failure is recorded on the span as an exception event, with `error.type` (the
     qualified exception class) and status ERROR; it is re-raised unchanged. `Drop` is not
     a failure: the span gets a `message dropped` event and keeps status UNSET, as does a
-    success. A cancelled message (shutdown deadline) ends with status ERROR, "cancelled".
+    success. Nor is `RetryLater`, the worker asking for a later attempt: the span gets a
+    `foxwork.retry_later` event (`foxwork.retry.delay`, the seconds asked for, and
+    `foxwork.retry.reason` when given), no exception event (its traceback is not
+    formatted) and keeps status UNSET; unless the message was dead-lettered instead (its
+    attempts ran out), which is a failure. `DeadLetter` is a failure. A cancelled message
+    (shutdown deadline) ends with status ERROR, "cancelled".
 
     Place it right inside `AckNackMiddleware`, so that the span covers every other layer.
 
@@ -105,7 +111,7 @@ class TracingMiddleware:
                     telemetry.MESSAGING_SYSTEM: MESSAGING_SYSTEM,
                     telemetry.MESSAGING_DESTINATION_NAME: queue,
                     telemetry.MESSAGING_OPERATION_TYPE: OPERATION,
-                    telemetry.MESSAGING_OPERATION: OPERATION,
+                    telemetry.MESSAGING_OPERATION_NAME: OPERATION,
                 },
             )
         return constants
@@ -144,15 +150,28 @@ class TracingMiddleware:
         except Drop as exc:
             span.add_event("message dropped", {telemetry.FOXWORK_DROP_REASON: exc.reason})
             raise
+        except RetryLater as exc:
+            if message.state is SettleState.DEAD_LETTERED:
+                _record_failure(span, exc)
+            else:
+                event: dict[str, float | str] = {telemetry.FOXWORK_RETRY_DELAY: exc.delay}
+                if exc.reason:
+                    event[telemetry.FOXWORK_RETRY_REASON] = exc.reason
+                span.add_event(telemetry.FOXWORK_RETRY_LATER, event)
+            raise
         except asyncio.CancelledError:
             span.set_status(Status(StatusCode.ERROR, CANCELLED))
             raise
         except Exception as exc:
-            span.set_attribute(telemetry.ERROR_TYPE, wire.exception_type_name(exc))
-            span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            _record_failure(span, exc)
             raise
         finally:
             telemetry.exit_message(message_token)
             context.detach(context_token)
             span.end()
+
+
+def _record_failure(span: trace.Span, exc: Exception) -> None:
+    span.set_attribute(telemetry.ERROR_TYPE, wire.exception_type_name(exc))
+    span.record_exception(exc)
+    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))

@@ -17,6 +17,9 @@ __all__ = [
     "ERROR_TYPE",
     "FOXWORK_ATTEMPT",
     "FOXWORK_DROP_REASON",
+    "FOXWORK_RETRY_DELAY",
+    "FOXWORK_RETRY_LATER",
+    "FOXWORK_RETRY_REASON",
     "FOXWORK_WORKER",
     "INSTRUMENTATION_NAME",
     "MESSAGES_DEAD_LETTERED",
@@ -32,7 +35,7 @@ __all__ = [
     "MESSAGING_DELIVERY_TAG",
     "MESSAGING_DESTINATION_NAME",
     "MESSAGING_MESSAGE_ID",
-    "MESSAGING_OPERATION",
+    "MESSAGING_OPERATION_NAME",
     "MESSAGING_OPERATION_TYPE",
     "MESSAGING_ROUTING_KEY",
     "MESSAGING_SYSTEM",
@@ -118,8 +121,9 @@ ATTR_BACKEND = "backend"
 MESSAGING_SYSTEM = "messaging.system"
 MESSAGING_DESTINATION_NAME = "messaging.destination.name"
 MESSAGING_OPERATION_TYPE = "messaging.operation.type"
-#: The attribute `messaging.operation.type` replaced; set too, for older backends.
-MESSAGING_OPERATION = "messaging.operation"
+#: The system-specific name of the operation (the older `messaging.operation` is deprecated
+#: and not set).
+MESSAGING_OPERATION_NAME = "messaging.operation.name"
 MESSAGING_MESSAGE_ID = "messaging.message.id"
 MESSAGING_CONVERSATION_ID = "messaging.message.conversation_id"
 MESSAGING_BODY_SIZE = "messaging.message.body.size"
@@ -134,3 +138,9 @@ FOXWORK_ATTEMPT = "foxwork.message.attempt"
 FOXWORK_WORKER = "foxwork.worker.id"
 #: Why a message was dropped (on the `message dropped` span event).
 FOXWORK_DROP_REASON = "foxwork.drop.reason"
+#: Span event: the worker raised `RetryLater` and the message is tried again later.
+FOXWORK_RETRY_LATER = "foxwork.retry_later"
+#: The delay `RetryLater` asked for, in seconds (on the `foxwork.retry_later` event).
+FOXWORK_RETRY_DELAY = "foxwork.retry.delay"
+#: The reason given to `RetryLater`, when one was (on the `foxwork.retry_later` event).
+FOXWORK_RETRY_REASON = "foxwork.retry.reason"

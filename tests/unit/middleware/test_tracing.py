@@ -13,7 +13,15 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from foxwork import ConfigurationError, Drop, Message, MessageProperties, Worker
+from foxwork import (
+    ConfigurationError,
+    DeadLetter,
+    Drop,
+    Message,
+    MessageProperties,
+    RetryLater,
+    Worker,
+)
 from foxwork.backends import MemoryBackend
 from foxwork.middleware import AckNackMiddleware, RetryMiddleware, TracingMiddleware
 from foxwork.telemetry import MessageLogFilter, current_message, inject_context
@@ -169,7 +177,7 @@ async def test_the_span_carries_the_messaging_semantic_convention_attributes(
         "messaging.system": "rabbitmq",
         "messaging.destination.name": queue_name,
         "messaging.operation.type": "process",
-        "messaging.operation": "process",
+        "messaging.operation.name": "process",
         "messaging.message.id": "m-42",
         "messaging.message.conversation_id": "conv-7",
         "messaging.message.body.size": len(worker.messages[0].body),
@@ -178,23 +186,36 @@ async def test_the_span_carries_the_messaging_semantic_convention_attributes(
         "foxwork.message.attempt": 1,
         "foxwork.worker.id": "orders-1",
     }
+    # and not the deprecated `messaging.operation`, which `messaging.operation.type` replaced
+    assert "messaging.operation" not in attributes
 
 
+@pytest.mark.parametrize(
+    ("error", "type_name"),
+    [
+        (Boom("inventory service down"), f"{__name__}.Boom"),
+        # a dead letter the worker asks for is a failure too
+        (DeadLetter("unknown SKU"), "foxwork.errors.DeadLetter"),
+    ],
+)
 async def test_a_failure_is_recorded_on_the_span_with_status_error(
     exporter: InMemorySpanExporter,
     trace_one: TraceOne,
+    error: Exception,
+    type_name: str,
 ) -> None:
     # Given a worker that fails, when the message is processed
-    await trace_one(FailingWorker(Boom("inventory service down")), expect_failures=True)
+    await trace_one(FailingWorker(error), expect_failures=True)
 
     # Then the span records the exception and ends in ERROR
     (span,) = consumer_spans(exporter)
     assert span.status.status_code is StatusCode.ERROR
-    assert span.status.description == "Boom: inventory service down"
-    assert (span.attributes or {})["error.type"] == f"{__name__}.Boom"
-    (event,) = [event for event in span.events if event.name == "exception"]
-    assert (event.attributes or {})["exception.type"] == f"{__name__}.Boom"
-    assert (event.attributes or {})["exception.message"] == "inventory service down"
+    assert span.status.description == f"{type(error).__name__}: {error}"
+    assert (span.attributes or {})["error.type"] == type_name
+    (event,) = span.events
+    assert event.name == "exception"
+    assert (event.attributes or {})["exception.type"] == type_name
+    assert (event.attributes or {})["exception.message"] == str(error)
 
 
 async def test_a_dropped_message_does_not_mark_the_span_as_an_error(
@@ -210,6 +231,94 @@ async def test_a_dropped_message_does_not_mark_the_span_as_an_error(
     (event,) = span.events
     assert event.name == "message dropped"
     assert dict(event.attributes or {}) == {"foxwork.drop.reason": "stale order"}
+
+
+def retrying_chain(tracer_provider: TracerProvider, *, max_attempts: int) -> list[Any]:
+    return [
+        AckNackMiddleware(),
+        TracingMiddleware(tracer_provider=tracer_provider),
+        RetryMiddleware(max_attempts=max_attempts, **FAST),
+    ]
+
+
+async def test_retry_later_is_an_event_on_the_span_not_an_error(
+    make_pool: PoolFactory,
+    memory_backend: MemoryBackend,
+    queue_name: str,
+    tracer_provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+) -> None:
+    # Given a worker that asks once for a later attempt, behind tracing and retries
+    worker = FailingWorker(RetryLater(0.01, "inventory busy"), times=1)
+    pool = make_pool(worker, middleware=retrying_chain(tracer_provider, max_attempts=3))
+    await memory_backend.add_message(queue_name, {"order": 1})
+
+    # When it is retried later and then succeeds
+    await run_until_idle(pool, memory_backend, queue_name, expect_failures=True)
+
+    # Then the first attempt's span says a later attempt was asked for, with the delay and
+    # the reason, and is neither an error nor carries an exception
+    first, second = sorted(
+        consumer_spans(exporter),
+        key=lambda s: int((s.attributes or {})["foxwork.message.attempt"]),  # type: ignore[arg-type]
+    )
+    assert worker.attempts == [1, 2]
+    assert first.status.status_code is StatusCode.UNSET
+    assert "error.type" not in (first.attributes or {})
+    (event,) = first.events
+    assert event.name == "foxwork.retry_later"
+    assert dict(event.attributes or {}) == {
+        "foxwork.retry.delay": 0.01,
+        "foxwork.retry.reason": "inventory busy",
+    }
+    assert second.status.status_code is StatusCode.UNSET
+    assert not second.events
+
+
+async def test_retry_later_without_a_reason_and_without_retry_middleware_is_an_event(
+    exporter: InMemorySpanExporter,
+    trace_one: TraceOne,
+) -> None:
+    # Given a worker that asks for a later attempt with no reason, and no RetryMiddleware
+    # (AckNackMiddleware requeues the message)
+    worker = FailingWorker(RetryLater(2.5), times=1)
+
+    # When it is processed, requeued and processed again
+    await trace_one(worker, expect_failures=True)
+
+    # Then the requeued attempt's span carries only the delay asked for, and no error
+    spans = consumer_spans(exporter)
+    assert worker.attempts == [1, 1] and len(spans) == 2
+    requeued = next(span for span in spans if span.events)
+    assert requeued.status.status_code is StatusCode.UNSET
+    (event,) = requeued.events
+    assert event.name == "foxwork.retry_later"
+    assert dict(event.attributes or {}) == {"foxwork.retry.delay": 2.5}
+
+
+async def test_retry_later_on_the_last_attempt_is_a_failure(
+    make_pool: PoolFactory,
+    memory_backend: MemoryBackend,
+    queue_name: str,
+    tracer_provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+) -> None:
+    # Given a worker that asks for a later attempt when it has none left
+    pool = make_pool(
+        FailingWorker(RetryLater(0.01, "still busy")),
+        middleware=retrying_chain(tracer_provider, max_attempts=1),
+    )
+    await memory_backend.add_message(queue_name, {"order": 1})
+
+    # When the message is dead-lettered instead
+    await run_until_idle(pool, memory_backend, queue_name, expect_failures=True)
+
+    # Then its span is an error that records the exception
+    (span,) = consumer_spans(exporter)
+    assert len(memory_backend.dead_letters(queue_name)) == 1
+    assert span.status.status_code is StatusCode.ERROR
+    assert (span.attributes or {})["error.type"] == "foxwork.errors.RetryLater"
+    assert [event.name for event in span.events] == ["exception"]
 
 
 async def test_the_span_is_current_while_the_worker_runs(
@@ -248,11 +357,7 @@ async def test_a_retried_message_is_processed_again_in_the_same_trace(
     # Given a worker that fails once, behind tracing and retries
     pool = make_pool(
         FailingWorker(Boom("flaky"), times=1),
-        middleware=[
-            AckNackMiddleware(),
-            TracingMiddleware(tracer_provider=tracer_provider),
-            RetryMiddleware(max_attempts=3, **FAST),
-        ],
+        middleware=retrying_chain(tracer_provider, max_attempts=3),
     )
     properties = MessageProperties(headers={"traceparent": TRACEPARENT})
     await memory_backend.add_message(queue_name, {"order": 1}, properties)
@@ -283,11 +388,7 @@ async def test_a_dead_letter_carries_the_context_of_the_attempt_that_failed(
     # Given a worker that always fails and a single attempt
     pool = make_pool(
         FailingWorker(Boom("broken")),
-        middleware=[
-            AckNackMiddleware(),
-            TracingMiddleware(tracer_provider=tracer_provider),
-            RetryMiddleware(max_attempts=1, **FAST),
-        ],
+        middleware=retrying_chain(tracer_provider, max_attempts=1),
     )
     properties = MessageProperties(headers={"traceparent": TRACEPARENT})
     await memory_backend.add_message(queue_name, {"order": 1}, properties)
