@@ -38,8 +38,8 @@ async def test_depth_counts_ready_messages_and_a_missing_queue_has_none(
 async def test_foxwork_run_http_port_reports_the_depth_of_its_queue(
     rabbitmq_url: str,
     queue_name: str,
-    publisher: RabbitMQBackend,
-    tmp_path: Path,  # noqa: F811
+    publisher: RabbitMQBackend,  # noqa: F811  (the fixture imported above)
+    tmp_path: Path,
 ) -> None:
     # Given five messages waiting, and a pool that holds the one it takes (prefetch 1)
     await publish(publisher, queue_name, ["m1", "m2", "m3", "m4", "m5"])
