@@ -201,10 +201,16 @@ async def test_a_copy_the_broker_refuses_fails_alone_and_the_replay_goes_on(
     assert (left.message_id, left.body) == ("big-1", big)
 
 
+@pytest.mark.parametrize("window", [1, 256])
 async def test_a_replay_that_loses_its_connection_stops_and_says_why(
-    queues: Queues, probe: RabbitProbe, rabbitmq_node: RabbitMQNode
+    queues: Queues,
+    probe: RabbitProbe,
+    rabbitmq_node: RabbitMQNode,
+    window: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Given a DLQ of three dead letters
+    # Given a DLQ of three dead letters, replayed one copy at a time or a window of them
+    monkeypatch.setattr(replay_module, "_REPLAY_WINDOW", window)
     ids = ["lost-1", "lost-2", "lost-3"]
     await put_dead_letters(queues.url, queues.dlq, *(dead_letter(queues.queue, i) for i in ids))
 
@@ -221,12 +227,21 @@ async def test_a_replay_that_loses_its_connection_stops_and_says_why(
     async with DeadLetterQueue(queues.url, queues.queue) as dlq:
         result = await dlq.replay(on_progress=close_replay_connection)
 
-    # Then the replay stops, says why, and has lost nothing: the first is back in its
-    # queue, the other two are still dead letters
-    assert result.replayed == ["lost-1"]
-    assert result.stopped.startswith("lost the connection to amqp://guest:***@"), result.stopped
-    assert [m.message_id for m in await probe.take(queues.queue)] == ["lost-1"]
-    assert [m.message_id for m in await probe.take(queues.dlq)] == ids[1:]
+    # Then the replay has lost nothing: what it replayed is back in its queue, in order,
+    # and every other dead letter is still in the DLQ
+    requeued = [m.message_id for m in await probe.take(queues.queue)]
+    left = [m.message_id for m in await probe.take(queues.dlq)]
+    assert requeued == result.replayed
+    assert set(requeued) | set(left) == set(ids)
+    if window == 1:
+        # and, one at a time, it stops and says why: the first is replayed and the other
+        # two are still dead letters
+        assert result.stopped.startswith("lost the connection to amqp://guest:***@")
+        assert (requeued, left) == (["lost-1"], ids[1:])
+    else:
+        # (copies in flight when the connection went may all be confirmed, their dead
+        # letters then in both places, never in neither)
+        assert requeued[0] == "lost-1"
 
 
 # -- a dead letter another user sent -----------------------------------------------------

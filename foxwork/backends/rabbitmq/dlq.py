@@ -405,6 +405,9 @@ class DeadLetterQueue:
             dry_run=dry_run,
             on_progress=on_progress,
             user=connection_user(self._url),
+            # Without a filter every dead letter read is chosen: read no further than the
+            # limit.
+            read_bound=limit if not ids and not reason_match else None,
         )
         return await run.run()
 

@@ -2,22 +2,29 @@
 letter back to its queue with publisher confirms, and remove it only once its copy is
 confirmed. An interrupted replay leaves every message in the DLQ or in the queue, at worst
 in both, never in neither.
+
+Without a rate limit, the DLQ is read a window at a time and up to `_REPLAY_WINDOW` copies
+are in flight on the publishing channel: the broker confirms them in order, and each dead
+letter is removed as soon as its own copy is confirmed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
+import dataclasses
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aiolimiter import AsyncLimiter
 
-from ...deadletter import REPLAY_DROPPED_HEADERS, ReplayResult
+from ...deadletter import REPLAY_DROPPED_HEADERS, REPLAY_IDS_KEPT, ReplayResult
 from ...errors import ConnectionLost
 from ._io import TRANSPORT_ERRORS
 from .convert import copyable_user_id
@@ -39,6 +46,18 @@ _HOLD_LIMIT = 300.0
 _MAX_FRUITLESS_PASSES = 3
 #: Seconds a replay waits for the broker to confirm one copy.
 _CONFIRM_TIMEOUT = 10.0
+#: Copies a replay without a rate limit has in flight (published, confirm awaited).
+_REPLAY_WINDOW = 256
+
+
+@dataclasses.dataclass
+class _Pending:
+    """A dead letter read and not yet settled, in DLQ order: its copy in flight (`copy`),
+    or left in place (`copy` is None)."""
+
+    message: AbstractIncomingMessage
+    letter: DeadLetterInfo
+    copy: asyncio.Task[bool] | None
 
 
 class _PassEnd(enum.Enum):
@@ -72,6 +91,7 @@ class Replay:
         dry_run: bool,
         on_progress: Callable[[int, int], None] | None,
         user: str,
+        read_bound: int | None = None,
     ) -> None:
         self._dlq = dlq
         self._chosen = chosen
@@ -80,10 +100,21 @@ class Replay:
         self._dry_run = dry_run
         self._on_progress = on_progress
         self._user = user
+        #: At most this many dead letters are chosen of those read (a limit without a
+        #: filter): reading stops there, the rest is never handed out.
+        self._read_bound = read_bound
+        #: Copies in flight at most: one with a rate limit (each waits its turn).
+        self._window = 1 if limiter is not None else _REPLAY_WINDOW
         self._publisher: AbstractChannel | None = None
         self._replayed: list[str] = []
         self._failed: list[str] = []
+        self._replayed_count = 0
+        self._failed_count = 0
         self._reasons: dict[str, str] = {}
+        #: Dead letters of this pass read and not yet settled, in DLQ order.
+        self._pending: collections.deque[_Pending] = collections.deque()
+        #: Copies in `_pending`.
+        self._flying = 0
         #: Dead letters at the head of the DLQ this run left there, in order.
         self._passed = 0
         #: Dead letters this run removed (their copies confirmed).
@@ -92,9 +123,11 @@ class Replay:
         self._total: int | None = None
         #: A rate-limit slot taken while nothing was checked out, for the next copy.
         self._slot = False
-        #: The id of a dead letter whose copy was confirmed but whose removal was lost with
-        #: its channel: it is back in the DLQ, right after the ones passed over.
-        self._unremoved: str | None = None
+        #: What a pass lost with its channel had read and not settled, in DLQ order: the
+        #: id of each, and whether its copy was confirmed (then only its removal was lost).
+        #: They are back in the DLQ right after the ones passed over; the next pass removes
+        #: the confirmed ones as long as the ids it reads match.
+        self._unsettled: collections.deque[tuple[str, bool]] = collections.deque()
         self._stopped = ""
 
     @property
@@ -104,7 +137,7 @@ class Replay:
     def _finished(self) -> bool:
         if self._stopped:
             return True
-        if self._limit is not None and len(self._replayed) >= self._limit:
+        if self._limit is not None and self._replayed_count + self._flying >= self._limit:
             return True
         return self._total is not None and self._read >= self._total
 
@@ -135,11 +168,18 @@ class Replay:
         return ReplayResult(
             replayed=self._replayed,
             failed=self._failed,
-            skipped=max(total - len(self._replayed) - len(self._failed), 0),
+            skipped=max(total - self._replayed_count - self._failed_count, 0),
             dry_run=self._dry_run,
             stopped=self._stopped,
             reasons=self._reasons,
+            total_replayed=self._replayed_count,
+            total_failed=self._failed_count,
         )
+
+    def _record(self, ids: list[str], letter: DeadLetterInfo) -> None:
+        if len(ids) < REPLAY_IDS_KEPT:
+            ids.append(letter.id)
+            self._reasons[letter.id] = letter.reason
 
     async def _pass(self) -> _PassEnd:
         try:
@@ -148,7 +188,10 @@ class Replay:
             self._stopped = str(exc)
             return _PassEnd.DONE
         try:
-            return await self._read_on(browse)
+            try:
+                return await self._read_on(browse)
+            finally:
+                await self._drain()
         except TRANSPORT_ERRORS as exc:
             logger.warning(
                 "the channel reading %s closed (%s: %s); reading on from the start",
@@ -165,49 +208,113 @@ class Replay:
         queue = await self._dlq._existing_queue(browse)
         if self._total is None:
             self._total = queue.declaration_result.message_count or 0
-        # The dead letters earlier passes left at the head: hold them again to read past.
-        for held in range(self._passed):
-            if await queue.get(no_ack=False, fail=False) is None:
-                self._dlq._count_unread(self._total - self._removed - held, self._total)
-                return _PassEnd.DONE
+        total = self._total
         held_since = time.monotonic()
-        while not self._finished():
-            message = await queue.get(no_ack=False, fail=False)
-            if message is None:
-                self._dlq._count_unread(self._total - self._read, self._total)
-                return _PassEnd.DONE
-            letter = self._dlq._describe(message)
-            if self._unremoved is not None:
-                unremoved, self._unremoved = self._unremoved, None
-                if letter.id == unremoved:
-                    # Its copy is confirmed already (and counted): only remove it now.
-                    await message.ack()
-                    self._removed += 1
+        held = 0
+        rehold = self._passed
+        async with contextlib.aclosing(self._messages(browse, queue)) as messages:
+            async for message in messages:
+                # The dead letters earlier passes left at the head: held again to read past.
+                if held < rehold:
+                    held += 1
                     continue
-            if not self._chosen(letter) or self._dry_run:
-                if self._dry_run and self._chosen(letter):
-                    self._replayed.append(letter.id)
-                    self._reasons[letter.id] = letter.reason
-                self._passed += 1
-            elif not await self._wait_for_slot(held_since):
-                return _PassEnd.RELEASED
-            elif await self._replay_one(message, letter):
-                self._replayed.append(letter.id)
-                self._reasons[letter.id] = letter.reason
+                letter = self._dlq._describe(message)
+                if self._unsettled:
+                    expected, confirmed = self._unsettled.popleft()
+                    if expected != letter.id:
+                        self._unsettled.clear()
+                    elif confirmed and letter.id:
+                        # Its copy is confirmed already (and counted): only remove it now.
+                        await message.ack()
+                        self._removed += 1
+                        continue
+                if not self._chosen(letter) or self._dry_run:
+                    self._pending.append(_Pending(message, letter, None))
+                elif not await self._wait_for_slot(held_since):
+                    return _PassEnd.RELEASED
+                else:
+                    copy = asyncio.ensure_future(self._replay_one(message, letter))
+                    self._pending.append(_Pending(message, letter, copy))
+                    self._flying += 1
+                while self._flying >= self._window or (self._pending and not self._flying):
+                    await self._settle_oldest()
+                if self._finished():
+                    return _PassEnd.DONE
+        if held < rehold:
+            self._dlq._count_unread(total - self._removed - held, total)
+        else:
+            await self._drain()
+            self._dlq._count_unread(total - self._read, total)
+        return _PassEnd.DONE
+
+    def _messages(
+        self, browse: AbstractChannel, queue: AbstractQueue
+    ) -> AsyncGenerator[AbstractIncomingMessage]:
+        """The dead letters left to read in this pass, from the head (the passed over
+        included): one `basic.get` each with a rate limit (nothing read ahead of need),
+        else a window at a time."""
+        assert self._total is not None
+        count = self._total - self._removed
+        if self._read_bound is not None:
+            chosen_left = self._read_bound - self._replayed_count
+            count = min(count, self._passed + len(self._unsettled) + chosen_left)
+        if self._window == 1:
+            return _one_by_one(queue, count)
+        return self._dlq._stream(browse, queue, count)
+
+    async def _settle_oldest(self) -> None:
+        """Settle the oldest dead letter read: remove it once its copy is confirmed, else
+        leave it in place (the broker puts it back, in order, when the pass ends)."""
+        pending = self._pending.popleft()
+        letter = pending.letter
+        if pending.copy is None:
+            if self._dry_run and self._chosen(letter):
+                self._replayed_count += 1
+                self._record(self._replayed, letter)
+            self._passed += 1
+        else:
+            self._flying -= 1
+            replayed = await pending.copy
+            if not replayed and self._window > 1 and not self._stopped:
+                # A copy in a window also fails when another closed the channel: it gets a
+                # turn of its own on a fresh one before it counts as failed.
+                replayed = await self._replay_one(pending.message, letter, alone=True)
+            if replayed:
+                self._replayed_count += 1
+                self._record(self._replayed, letter)
                 # The copy is confirmed: only now does the dead letter go. Should the
                 # channel be gone, the dead letter is back in the DLQ, right after the ones
                 # passed over, and the next pass removes it.
-                self._unremoved = letter.id
-                await message.ack()
-                self._unremoved = None
+                self._unsettled.appendleft((letter.id, True))
+                await pending.message.ack()
+                self._unsettled.popleft()
                 self._removed += 1
             else:
-                self._failed.append(letter.id)
-                self._reasons[letter.id] = letter.reason
+                self._failed_count += 1
+                self._record(self._failed, letter)
                 self._passed += 1
-            if self._on_progress is not None:
-                self._on_progress(self._read, self._total)
-        return _PassEnd.DONE
+        if self._on_progress is not None and self._total is not None:
+            self._on_progress(self._read, self._total)
+
+    async def _drain(self) -> None:
+        """Settle every dead letter read; when the pass's channel is gone, wait for the
+        copies in flight and note, in order, which were confirmed (see `_unsettled`)."""
+        try:
+            while self._pending:
+                await self._settle_oldest()
+        except TRANSPORT_ERRORS:
+            # The one whose removal failed is first in `_unsettled` already.
+            self._flying = 0
+            for pending in self._pending:
+                confirmed = False
+                if pending.copy is not None:
+                    confirmed = await pending.copy
+                    if confirmed:
+                        self._replayed_count += 1
+                        self._record(self._replayed, pending.letter)
+                self._unsettled.append((pending.letter.id, confirmed))
+            self._pending.clear()
+            raise
 
     async def _wait_for_slot(self, held_since: float) -> bool:
         """Wait for the rate limit to allow the next copy; False when the pass must first
@@ -233,7 +340,9 @@ class Replay:
             self._publisher = await self._dlq._channel(confirms=True)
         return self._publisher
 
-    async def _replay_one(self, message: AbstractIncomingMessage, letter: DeadLetterInfo) -> bool:
+    async def _replay_one(
+        self, message: AbstractIncomingMessage, letter: DeadLetterInfo, *, alone: bool = False
+    ) -> bool:
         headers = {k: v for k, v in letter.headers.items() if k not in REPLAY_DROPPED_HEADERS}
         copy = aio_pika.Message(
             message.body,
@@ -262,8 +371,10 @@ class Replay:
             )
         except (aio_pika.exceptions.DeliveryError, TimeoutError, *TRANSPORT_ERRORS) as exc:
             # Not confirmed: the dead letter stays. A refusal that closed the channel is
-            # the broker's verdict on this copy; the next one gets a fresh channel.
-            logger.warning(
+            # the broker's verdict on this copy; the next one gets a fresh channel. In a
+            # window, the copy gets a turn alone before it counts as failed.
+            logger.log(
+                logging.WARNING if alone or self._window == 1 else logging.DEBUG,
                 "dead letter %r was not replayed (its copy was not confirmed: %s: %s); "
                 "it stays in %s",
                 letter.id,
@@ -273,6 +384,16 @@ class Replay:
             )
             return False
         return True
+
+
+async def _one_by_one(queue: AbstractQueue, count: int) -> AsyncGenerator[AbstractIncomingMessage]:
+    """At most `count` dead letters from the head, one `basic.get` each, only when asked
+    for the next: nothing is checked out ahead of need."""
+    for _ in range(count):
+        message = await queue.get(no_ack=False, fail=False)
+        if message is None:
+            return
+        yield message
 
 
 async def _close_quietly(channel: AbstractChannel) -> None:
