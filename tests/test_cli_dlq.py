@@ -118,3 +118,21 @@ def test_the_progress_line_redraws_in_place_and_is_cleared() -> None:
     assert "\n" not in text
     assert text.count("\rreplaying [") == 2
     assert text.endswith("4/4\r\033[K")
+
+
+def test_the_replay_summary_counts_what_a_large_result_does_not_name() -> None:
+    # Given a result that kept only some ids of many replayed and failed
+    result = ReplayResult(
+        replayed=["a"],
+        failed=["c", "d"],
+        skipped=0,
+        dry_run=False,
+        total_replayed=5000,
+        total_failed=1500,
+    )
+
+    # Then the summary counts them all and names the failures it has
+    assert (result.replayed_count, result.failed_count) == (5000, 1500)
+    assert dlq_cli.summary(result) == (
+        "replayed 5000, failed 1500 (still in the DLQ: c, d and 1498 more), left alone 0"
+    )
