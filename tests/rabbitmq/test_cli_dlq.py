@@ -314,7 +314,10 @@ async def test_replay_goes_on_past_a_copy_the_broker_refuses_and_names_it(
             "replayed 2, failed 1 (still in the DLQ: big-1), left alone 0"
         ]
         assert "Traceback" not in result.output
-        assert [m.message_id for m in await probe.take(queue_name)] == ["ok-1", "ok-2"]
+        # (ok-1's copy, in flight on the channel the big one closed, may have lost only its
+        # confirm: its turn alone then makes a second copy; at least once, never lost)
+        requeued = [m.message_id for m in await probe.take(queue_name)]
+        assert requeued in (["ok-1", "ok-2"], ["ok-1", "ok-1", "ok-2"])
         assert [m.message_id for m in await probe.take(dead_letters)] == ["big-1"]
     finally:
         await probe.delete_queues(queue_name, dead_letters)

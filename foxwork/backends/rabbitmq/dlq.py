@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection
@@ -250,7 +251,8 @@ class DeadLetterQueue:
     async def _window(
         self, channel: AbstractChannel, queue: AbstractQueue, size: int
     ) -> AsyncGenerator[AbstractIncomingMessage]:
-        """One window: up to `size` dead letters, fewer only when none is left ready."""
+        """One window: up to `size` dead letters, fewer only when none is left ready; all
+        received before the first is handed on."""
         arrived: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
 
         async def deliver(message: AbstractIncomingMessage) -> None:
@@ -259,17 +261,22 @@ class DeadLetterQueue:
         # A per-consumer prefetch applies to consumers started after it is set.
         await channel.set_qos(prefetch_count=size)
         tag = await queue.consume(deliver, no_ack=False)
+        window: collections.deque[AbstractIncomingMessage] = collections.deque()
         try:
-            for _ in range(size):
+            while len(window) < size:
                 message = await self._next(channel, arrived)
                 if message is None:
-                    return
-                yield message
+                    break
+                window.append(message)
         finally:
-            # Cancelling keeps the window's dead letters held (and so the next consumer
-            # starts after them); a channel already gone has dropped them anyway.
+            # Cancelled before any of the window is handed on: an ack (a replay's) would
+            # free a slot of the prefetch, and the broker would fill it with a dead letter
+            # past the window. Cancelling keeps the window's dead letters held (so the
+            # next consumer starts after them); a channel already gone dropped them.
             with contextlib.suppress(*TRANSPORT_ERRORS):
                 await queue.cancel(tag)
+        while window:
+            yield window.popleft()
 
     async def _next(
         self, channel: AbstractChannel, arrived: asyncio.Queue[AbstractIncomingMessage]

@@ -233,7 +233,14 @@ class Replay:
                 elif not await self._wait_for_slot(held_since):
                     return _PassEnd.RELEASED
                 else:
-                    copy = asyncio.ensure_future(self._replay_one(message, letter))
+                    # The channel is opened here, not in each copy's task: every copy of a
+                    # window goes out on the one channel, in DLQ order.
+                    try:
+                        publisher = await self._open_publisher()
+                    except ConnectionLost as exc:
+                        self._stopped = str(exc)
+                        return _PassEnd.DONE
+                    copy = asyncio.ensure_future(self._replay_one(message, letter, publisher))
                     self._pending.append(_Pending(message, letter, copy))
                     self._flying += 1
                 while self._flying >= self._window or (self._pending and not self._flying):
@@ -341,7 +348,12 @@ class Replay:
         return self._publisher
 
     async def _replay_one(
-        self, message: AbstractIncomingMessage, letter: DeadLetterInfo, *, alone: bool = False
+        self,
+        message: AbstractIncomingMessage,
+        letter: DeadLetterInfo,
+        publisher: AbstractChannel | None = None,
+        *,
+        alone: bool = False,
     ) -> bool:
         headers = {k: v for k, v in letter.headers.items() if k not in REPLAY_DROPPED_HEADERS}
         copy = aio_pika.Message(
@@ -361,7 +373,8 @@ class Replay:
             user_id=copyable_user_id(message.user_id, self._user),
         )
         try:
-            publisher = await self._open_publisher()
+            if publisher is None:
+                publisher = await self._open_publisher()
         except ConnectionLost as exc:
             self._stopped = str(exc)
             return False
