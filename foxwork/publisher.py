@@ -385,26 +385,36 @@ class Publisher:
         pending = iter(items)
         workers = 0
 
+        async def send(item: OutboundMessage) -> None:
+            if item.message_id is None:
+                item = dataclasses.replace(item, message_id=uuid.uuid4().hex)
+            assert item.message_id is not None
+            index = len(outcomes)
+            outcomes.append(PublishOutcome(item.message_id))
+            try:
+                if (await self._send(item)).spooled:
+                    outcomes[index] = PublishOutcome(item.message_id, spooled=True)
+            except Exception as exc:
+                outcomes[index] = PublishOutcome(item.message_id, exc)
+
         # Up to `max_in_flight` workers take the items in order, one at a time, each
         # starting the next worker before its first publish while there may be more: no
         # task, no semaphore per message.
         async def worker(group: asyncio.TaskGroup) -> None:
             nonlocal workers
             for item in pending:
-                if item.message_id is None:
-                    item = dataclasses.replace(item, message_id=uuid.uuid4().hex)
-                assert item.message_id is not None
-                index = len(outcomes)
-                outcomes.append(PublishOutcome(item.message_id))
                 if workers < max_in_flight:
                     workers += 1
                     group.create_task(worker(group))
-                try:
-                    if (await self._send(item)).spooled:
-                        outcomes[index] = PublishOutcome(item.message_id, spooled=True)
-                except Exception as exc:
-                    outcomes[index] = PublishOutcome(item.message_id, exc)
+                await send(item)
 
+        # The first item goes alone: publishes that wait while the backend opens the
+        # channel the first one needs may resume in any order, and the items must reach
+        # the broker in the order given.
+        first = next(pending, None)
+        if first is None:
+            return outcomes
+        await send(first)
         async with asyncio.TaskGroup() as group:
             workers = 1
             group.create_task(worker(group))
