@@ -4,7 +4,8 @@ In order: Redis Streams throughput on a throwaway redis-server (raw redis-py, fo
 Dramatiq, Celery, taskiq-redis); then, on the RabbitMQ broker: throughput (raw aio-pika,
 foxwork bare, foxwork full chain, FastStream), foxwork on uvloop (apart from the headline,
 which stays on asyncio's loop), the dispatch overhead of the middleware chain (in memory),
-memory under a backlog, retry accuracy, scaling over processes; then the charts. Results go
+memory under a backlog, retry accuracy, scaling over processes, a failure storm against a
+hand-written consumer, the dead-letter tools, start-up; then the charts. Results go
 to `benchmarks/results/*.json`, charts to `docs/benchmarks/*.png`.
 
 Usage (from the repository root, after `pip install -e '.[bench]'`):
@@ -23,9 +24,36 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _support as s
-from . import bench_dispatch, memory_backlog, redis_throughput, retry_accuracy, scaling, throughput
+from . import (
+    bench_dispatch,
+    dlq_tools,
+    failure_storm,
+    memory_backlog,
+    redis_throughput,
+    retry_accuracy,
+    scaling,
+    startup,
+    throughput,
+)
 
-BENCHMARKS = ("throughput", "uvloop", "dispatch", "memory", "retry", "scaling", "redis")
+BENCHMARKS = (
+    "throughput",
+    "uvloop",
+    "dispatch",
+    "memory",
+    "retry",
+    "scaling",
+    "storm",
+    "dlq",
+    "startup",
+    "redis",
+)
+#: The benchmarks run through their own `main(argv)`, on the suite's broker.
+STANDALONE: dict[str, Callable[[Sequence[str] | None], int]] = {
+    "storm": failure_storm.main,
+    "dlq": dlq_tools.main,
+    "startup": startup.main,
+}
 #: The benchmarks that need a RabbitMQ broker.
 RABBITMQ_BENCHMARKS = BENCHMARKS[:-1]
 #: The candidates of the uvloop pass: foxwork on uvloop against raw aio-pika on asyncio.
@@ -40,6 +68,8 @@ QUICK = {
     "scaling": {"messages": 5_000, "rounds": 1},
     "redis": {"messages": 3_000, "rounds": 1, "warmup": 500},
 }
+#: `--quick` of the benchmarks run through their own `main(argv)`.
+QUICK_ARGV = {name: ["--quick"] for name in STANDALONE}
 
 
 def defaults(
@@ -136,6 +166,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             counts = [int(x) for x in options.processes.split(",")]
             data = scaling.run(options, counts, broker)
             failures += [f"scaling {r['processes']}" for r in data.get("runs", []) if r["error"]]
+        for name, run in STANDALONE.items():
+            if name in chosen:
+                print()
+                argv = QUICK_ARGV[name] if args.quick else []
+                if run([*argv, "--url", broker.url]) != 0:
+                    failures.append(name)
     print(f"\ndone in {time.monotonic() - began:.0f} s", end="")
     print(f"; FAILED: {', '.join(failures)}" if failures else "")
     return 1 if failures else 0
