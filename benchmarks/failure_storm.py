@@ -1,6 +1,6 @@
 """Failure storm: every message fails once (`RetryLater(0.2)`), then succeeds.
 
-Two consumers, each its own process, on a fresh queue per run:
+Four consumers, each its own process, on a fresh queue per run:
 
 - `foxwork_full`: foxwork's production chain (`consumers/foxwork_full.py`: AckNack →
   Tracing → Metrics → CircuitBreaker → RateLimit → Retry, on a `ResilientBackend`, the
@@ -14,8 +14,18 @@ Two consumers, each its own process, on a fresh queue per run:
   `x-retry-attempt: 1`) on the consuming channel, which has publisher confirms, and
   acked once its confirm arrives. aio-pika runs each delivery in its own task, so the
   confirms are pipelined (up to the prefetch at once), not serialised.
+- `foxwork_retry`: foxwork doing the hand-written consumer's work and no more: AckNack →
+  Retry, no telemetry, on the same `ResilientBackend`.
+- `handwritten_otel`: the hand-written consumer plus the telemetry
+  `consumers/raw_aiopika_otel.py` writes by hand per delivery (the W3C context extracted
+  from the headers, one CONSUMER span with the attributes `TracingMiddleware` sets, one
+  record of a duration histogram, the same SDK set-up); a failure adds a span event, and
+  the retry copy carries the span's `traceparent`, as foxwork's does.
 
-Both decode the JSON body on the second attempt and ack. Each run is timed by the probe of
+The ratios compare like with like: foxwork_retry / handwritten (the retry path alone),
+foxwork_full / handwritten_otel (the same telemetry) and foxwork_full / handwritten.
+
+All decode the JSON body on the second attempt and ack. Each run is timed by the probe of
 the throughput candidates (`consumers/_common.py`): from the first delivery to the broker
 having applied the ack of every delivery (2 per message). It must end with the main queue
 and the retry queue empty; throughput is messages (not deliveries) per second.
@@ -32,6 +42,7 @@ Two modes:
 Usage:
     python -m benchmarks.failure_storm [-n 50000] [--rounds 3] [--mode backlog|paced|both]
         [--rate 100] [--paced-messages 5000] [--url URL] [--quick]
+        [--candidates foxwork_full,handwritten,...] [--py-spy DIR]
 
 Results: `benchmarks/results/failure_storm.json` and a table on stdout.
 """
@@ -55,7 +66,13 @@ from . import _support as s
 DELAY = 0.2
 #: The hand-written consumer's TTL queue, after its main queue.
 TTL_SUFFIX = "-ttl200"
-CANDIDATES = ("foxwork_full", "handwritten")
+CANDIDATES = ("foxwork_full", "foxwork_retry", "handwritten", "handwritten_otel")
+#: The ratios reported: (candidate, the one it is compared with).
+RATIOS = (
+    ("foxwork_retry", "handwritten"),
+    ("foxwork_full", "handwritten_otel"),
+    ("foxwork_full", "handwritten"),
+)
 DEFAULT_MESSAGES = 50_000
 DEFAULT_ROUNDS = 3
 DEFAULT_RATE = 100.0
@@ -95,7 +112,7 @@ async def start_foxwork(args: argparse.Namespace, timings: Timings) -> Any:
     from foxwork import DeadLetter, Drop, Message, RetryLater, Worker, WorkerPool
     from foxwork.backends import RabbitMQBackend, ResilientBackend
     from foxwork.cli.heap import freeze_startup_heap
-    from foxwork.middleware import CircuitBreakerMiddleware
+    from foxwork.middleware import AckNackMiddleware, CircuitBreakerMiddleware, RetryMiddleware
 
     from .consumers.foxwork_full import full_chain, telemetry
 
@@ -111,13 +128,17 @@ async def start_foxwork(args: argparse.Namespace, timings: Timings) -> Any:
     def is_failure(exc: BaseException) -> bool:
         return not isinstance(exc, Drop | DeadLetter | RetryLater)
 
-    tracer_provider, meter_provider = telemetry()
-    chain = [
-        CircuitBreakerMiddleware(is_failure=is_failure)
-        if isinstance(layer, CircuitBreakerMiddleware)
-        else layer
-        for layer in full_chain(tracer_provider, meter_provider)
-    ]
+    providers: tuple[Any, ...] = ()
+    if args.child == "foxwork_retry":
+        chain: list[Any] = [AckNackMiddleware(), RetryMiddleware()]
+    else:
+        tracer_provider, meter_provider = providers = telemetry()
+        chain = [
+            CircuitBreakerMiddleware(is_failure=is_failure)
+            if isinstance(layer, CircuitBreakerMiddleware)
+            else layer
+            for layer in full_chain(tracer_provider, meter_provider)
+        ]
     backend = ResilientBackend(RabbitMQBackend(url=args.url, queue=args.queue))
     pool = WorkerPool(
         workers=[FailOnce()],
@@ -133,16 +154,70 @@ async def start_foxwork(args: argparse.Namespace, timings: Timings) -> Any:
     async def stop() -> None:
         await pool.shutdown(timeout=10)
         await backend.close()
-        tracer_provider.shutdown()
-        meter_provider.shutdown()
+        for provider in providers:
+            provider.shutdown()
 
     return stop
+
+
+class HandTelemetry:
+    """What `handwritten_otel` records per delivery, written by hand as in
+    `consumers/raw_aiopika_otel.py`: a CONSUMER span and a histogram record."""
+
+    def __init__(self, queue: str) -> None:
+        from foxwork.telemetry import DURATION_BUCKETS  # the same buckets, not re-typed
+
+        from .consumers.foxwork_full import telemetry
+        from .consumers.raw_aiopika_otel import WORKER_ID
+
+        self.providers = telemetry()
+        tracer_provider, meter_provider = self.providers
+        self.tracer = tracer_provider.get_tracer("orders-consumer")
+        self.duration = meter_provider.get_meter("orders-consumer").create_histogram(
+            "messages.duration",
+            unit="s",
+            description="Time a delivery spent being processed",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.queue = queue
+        self.worker_id = WORKER_ID
+        self.span_name = f"{queue} process"
+        self.metric_attributes = {"queue": queue, "worker": WORKER_ID}
+        #: The attributes every span of the queue has, as `TracingMiddleware` sets them.
+        self.constant_attributes: dict[str, Any] = {
+            "messaging.system": "rabbitmq",
+            "messaging.destination.name": queue,
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "foxwork.worker.id": WORKER_ID,
+        }
+
+    def span_attributes(self, message: Any, attempt: int) -> dict[str, Any]:
+        attributes = {
+            **self.constant_attributes,
+            "messaging.message.id": message.message_id or "",
+            "messaging.rabbitmq.destination.routing_key": message.routing_key or "",
+            "messaging.message.body.size": len(message.body),
+            "foxwork.message.attempt": attempt,
+        }
+        if message.delivery_tag:
+            attributes["messaging.rabbitmq.message.delivery_tag"] = message.delivery_tag
+        if message.correlation_id:
+            attributes["messaging.message.conversation_id"] = message.correlation_id
+        return attributes
+
+    def shutdown(self) -> None:
+        for provider in self.providers:
+            provider.shutdown()
 
 
 async def start_handwritten(args: argparse.Namespace, timings: Timings) -> Any:
     import aio_pika
     from aio_pika.abc import AbstractIncomingMessage
+    from opentelemetry import propagate, trace
+    from opentelemetry.trace import SpanKind
 
+    otel = HandTelemetry(args.queue) if args.child == "handwritten_otel" else None
     connection = await aio_pika.connect(args.url)
     channel = await connection.channel(publisher_confirms=True)
     await channel.set_qos(prefetch_count=args.prefetch)
@@ -159,12 +234,15 @@ async def start_handwritten(args: argparse.Namespace, timings: Timings) -> Any:
     queue = await channel.declare_queue(args.queue, passive=True)
     exchange = channel.default_exchange
 
-    async def on_message(message: AbstractIncomingMessage) -> None:
+    async def handle(message: AbstractIncomingMessage, headers: dict[str, Any]) -> None:
         n = number(message.message_id)
-        headers = dict(message.headers or {})
         if "x-retry-attempt" not in headers:
             timings.failed_at[n] = time.monotonic()
             headers["x-retry-attempt"] = 1
+            if otel is not None:
+                span = trace.get_current_span()
+                span.add_event("retry_later", {"retry.delay": DELAY})
+                propagate.inject(headers)  # the copy continues the trace
             copy = aio_pika.Message(
                 message.body,
                 headers=headers,
@@ -179,16 +257,45 @@ async def start_handwritten(args: argparse.Namespace, timings: Timings) -> Any:
         json.loads(message.body)
         await message.ack()
 
-    await queue.consume(on_message)
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        await handle(message, dict(message.headers or {}))
+
+    async def on_message_otel(message: AbstractIncomingMessage) -> None:
+        assert otel is not None
+        began = time.perf_counter()
+        headers = dict(message.headers or {})
+        parent = propagate.extract(headers)
+        failed = headers.get("x-retry-attempt")
+        attempt = (failed if isinstance(failed, int) else 0) + 1
+        with otel.tracer.start_as_current_span(
+            otel.span_name,
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes=otel.span_attributes(message, attempt),
+        ):
+            await handle(message, headers)
+        otel.duration.record(time.perf_counter() - began, otel.metric_attributes)
+
+    await queue.consume(on_message if otel is None else on_message_otel)
 
     async def stop() -> None:
         await connection.close()
+        if otel is not None:
+            otel.shutdown()
 
     return stop
 
 
+STARTERS = {
+    "foxwork_full": start_foxwork,
+    "foxwork_retry": start_foxwork,
+    "handwritten": start_handwritten,
+    "handwritten_otel": start_handwritten,
+}
+
+
 def retry_queue_of(candidate: str, queue: str) -> str:
-    if candidate == "handwritten":
+    if candidate.startswith("handwritten"):
         return queue + TTL_SUFFIX
     from foxwork import wire
 
@@ -202,8 +309,7 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
     timings = Timings()
     probe = Probe(2 * args.expected)
     probe.install()
-    starter = start_foxwork if args.child == "foxwork_full" else start_handwritten
-    stop = await starter(args, timings)
+    stop = await STARTERS[args.child](args, timings)
     error = None
     try:
         await asyncio.wait_for(probe.done.wait(), args.timeout)
@@ -348,22 +454,41 @@ async def left_in(url: str, queue: str) -> int | None:
         return None
 
 
+def ratios(runs: Sequence[dict[str, Any]], mode: str) -> dict[str, dict[str, Any]]:
+    """Each of `RATIOS` in `mode`: the msgs/s of a candidate over those of the one it is
+    compared with in the same round (median, min, max over the rounds both completed)."""
+    rate = {
+        (r["round"], r["candidate"]): r["msgs_per_s"]
+        for r in runs
+        if r["mode"] == mode and not r.get("error")
+    }
+    out: dict[str, dict[str, Any]] = {}
+    for name, base in RATIOS:
+        values = [
+            rate[(round_, name)] / rate[(round_, base)]
+            for round_, candidate in rate
+            if candidate == name and (round_, base) in rate
+        ]
+        if values:
+            out[f"{name} / {base}"] = {
+                "median": s.median(values),
+                "min": min(values),
+                "max": max(values),
+                "rounds": len(values),
+            }
+    return out
+
+
 def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for mode in dict.fromkeys(r["mode"] for r in runs):
-        base = {
-            r["round"]: r["msgs_per_s"]
-            for r in runs
-            if r["mode"] == mode and r["candidate"] == "handwritten" and not r.get("error")
-        }
-        for name in CANDIDATES:
+        for name in dict.fromkeys(r["candidate"] for r in runs if r["mode"] == mode):
             good = [
                 r
                 for r in runs
                 if r["mode"] == mode and r["candidate"] == name and not r.get("error")
             ]
             rates = [r["msgs_per_s"] for r in good]
-            ratio = [r["msgs_per_s"] / base[r["round"]] for r in good if r["round"] in base]
             out[f"{mode}/{name}"] = {
                 "runs": len(good),
                 "failed_runs": sum(1 for r in runs if r["mode"] == mode and r["candidate"] == name)
@@ -372,11 +497,6 @@ def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
                     "median": s.median(rates),
                     "min": min(rates, default=None),
                     "max": max(rates, default=None),
-                },
-                "ratio_to_handwritten": {
-                    "median": s.median(ratio),
-                    "min": min(ratio, default=None),
-                    "max": max(ratio, default=None),
                 },
                 "cpu_us_per_msg_median": s.median([r["cpu_s"] / r["messages"] * 1e6 for r in good]),
                 "delay_error_p50_ms_median": s.median([r["delay_error_ms"]["p50"] for r in good]),
@@ -389,38 +509,39 @@ def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def render(summary: dict[str, Any]) -> str:
+def render(summary: dict[str, Any], ratio_table: dict[str, dict[str, Any]]) -> str:
     rows = []
     for key, item in summary.items():
         if not item["runs"]:
-            rows.append([key, "failed", *[""] * 7])
+            rows.append([key, "failed", *[""] * 5])
             continue
-        rate, ratio = item["msgs_per_s"], item["ratio_to_handwritten"]
+        rate = item["msgs_per_s"]
         rows.append(
             [
                 key,
                 f"{rate['median']:,.0f}",
                 f"{rate['min']:,.0f}-{rate['max']:,.0f}",
-                "" if ratio["min"] is None else f"{ratio['median']:.2f}",
-                "" if ratio["min"] is None else f"{ratio['min']:.2f}-{ratio['max']:.2f}",
                 f"{item['cpu_us_per_msg_median']:.0f}",
                 f"{item['delay_error_p50_ms_median']:.1f}",
                 f"{item['delay_error_p99_ms']['median']:.1f}",
                 f"{item['delay_error_p99_ms']['max']:.1f}",
             ]
         )
-    headers = [
-        "mode/candidate",
-        "msgs/s",
-        "min-max",
-        "x handwritten",
-        "x min-max",
-        "CPU µs/msg",
-        "err p50 ms",
-        "err p99 ms",
-        "p99 max",
+    headers = ["mode/candidate", "msgs/s", "min-max", "CPU µs/msg", "err p50 ms", "err p99 ms"]
+    text = s.table([*headers, "p99 max"], rows)
+    ratio_rows = [
+        [f"{mode}: {key}", f"{item['median']:.2f}", f"{item['min']:.2f}-{item['max']:.2f}"]
+        for mode, by_key in ratio_table.items()
+        for key, item in by_key.items()
     ]
-    return s.table(headers, rows)
+    if ratio_rows:
+        text += "\n\n" + s.table(["ratio (msgs/s, same round)", "median", "min-max"], ratio_rows)
+    return text
+
+
+def round_order(candidates: Sequence[str], round_: int) -> list[str]:
+    """The candidates in the order round `round_` runs them: reversed every other round."""
+    return list(candidates) if round_ % 2 else list(reversed(candidates))
 
 
 async def bench(args: argparse.Namespace, broker: s.Broker) -> dict[str, Any]:
@@ -433,6 +554,7 @@ async def bench(args: argparse.Namespace, broker: s.Broker) -> dict[str, Any]:
         "rate": args.rate,
         "rounds": args.rounds,
         "prefetch": args.prefetch,
+        "candidates": args.candidates,
         "rabbitmq": await s.server_version(broker.url),
         "versions": s.versions(),
         "machine_before": s.machine(),
@@ -442,8 +564,7 @@ async def bench(args: argparse.Namespace, broker: s.Broker) -> dict[str, Any]:
         for mode in modes:
             count = args.messages if mode == "backlog" else args.paced_messages
             for number_ in range(1, args.rounds + 1):
-                order = CANDIDATES if number_ % 2 else tuple(reversed(CANDIDATES))
-                for name in order:
+                for name in round_order(args.candidates, number_):
                     spy = (
                         args.py_spy / f"storm-{mode}-{name}-r{number_}.raw" if args.py_spy else None
                     )
@@ -469,7 +590,23 @@ async def bench(args: argparse.Namespace, broker: s.Broker) -> dict[str, Any]:
                             f"msgs/s, delay error p50 {err['p50']:.1f} ms p99 {err['p99']:.1f} ms"
                         )
     meta["machine_after"] = s.machine()
-    return {"meta": meta, "summary": summarise(runs), "runs": runs}
+    return {
+        "meta": meta,
+        "summary": summarise(runs),
+        "ratios": {mode: ratios(runs, mode) for mode in modes},
+        "runs": runs,
+    }
+
+
+def candidate_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(CANDIDATES))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown candidate(s) {', '.join(unknown) or '(none)'}; choose from "
+            + ", ".join(CANDIDATES)
+        )
+    return list(dict.fromkeys(names))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -483,6 +620,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--paced-messages", type=int, default=DEFAULT_PACED)
     parser.add_argument("--prefetch", type=int, default=DEFAULT_PREFETCH)
     parser.add_argument("--quick", action="store_true", help="small sizes, one round")
+    parser.add_argument(
+        "--candidates",
+        type=candidate_list,
+        default=list(CANDIDATES),
+        help=f"comma-separated, of {', '.join(CANDIDATES)} (default: all)",
+    )
     parser.add_argument("--py-spy", type=Path, metavar="DIR")
     parser.add_argument("--output", type=Path, default=s.RESULTS / "failure_storm.json")
     parser.add_argument("--url", help="AMQP URL of a broker on 127.0.0.1 (default: start one)")
@@ -525,10 +668,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"backlog {args.messages:,}, paced {args.paced_messages:,} at {args.rate:g}/s, "
         f"{args.rounds} round(s), load {load[0]} → {load[1]['load_average']}"
     )
-    print(render(data["summary"]))
+    print(render(data["summary"], data["ratios"]))
     print(
-        f"targets: foxwork_full ≥ {TARGET_RATIO}x handwritten (backlog); delay error p99 < "
-        f"{TARGET_P99_MS:g} ms (paced; in backlog mode it is queueing behind the backlog)"
+        f"targets: foxwork ≥ {TARGET_RATIO}x its hand-written equivalent (backlog); delay "
+        f"error p99 < {TARGET_P99_MS:g} ms (paced; in backlog mode it is queueing behind the "
+        "backlog)"
     )
     s.save("failure_storm", data, args.output)
     return 0 if all(not r.get("error") for r in data["runs"]) else 1

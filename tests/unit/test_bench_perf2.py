@@ -43,8 +43,50 @@ def test_failure_storm_reads_message_numbers_and_delay_errors() -> None:
 def test_failure_storm_quick_and_child_arguments() -> None:
     args = failure_storm.parse(["--quick", "--mode", "paced"])
     assert (args.messages, args.paced_messages, args.rounds) == (3_000, 300, 1)
+    assert args.candidates == list(failure_storm.CANDIDATES)
+    assert failure_storm.parse([]).messages == 50_000
     with pytest.raises(SystemExit):
         failure_storm.parse(["--child", "handwritten", "--url", "amqp://x/"])
+
+
+def test_failure_storm_candidates_option() -> None:
+    args = failure_storm.parse(["--candidates", "handwritten, foxwork_retry,handwritten"])
+    assert args.candidates == ["handwritten", "foxwork_retry"]
+    with pytest.raises(SystemExit):
+        failure_storm.parse(["--candidates", "foxwork_full,celery"])
+    with pytest.raises(SystemExit):
+        failure_storm.parse(["--candidates", ","])
+    assert set(failure_storm.STARTERS) == set(failure_storm.CANDIDATES)
+    assert failure_storm.round_order(["a", "b", "c"], 1) == ["a", "b", "c"]
+    assert failure_storm.round_order(["a", "b", "c"], 2) == ["c", "b", "a"]
+
+
+def test_failure_storm_ratios_compare_within_a_round_and_mode() -> None:
+    def run(round_: int, candidate: str, rate: float) -> dict[str, object]:
+        return {"mode": "backlog", "round": round_, "candidate": candidate, "msgs_per_s": rate}
+
+    runs = [
+        run(1, "handwritten", 100.0),
+        run(1, "foxwork_retry", 150.0),
+        run(1, "foxwork_full", 90.0),
+        run(1, "handwritten_otel", 60.0),
+        run(2, "handwritten", 200.0),
+        run(2, "foxwork_retry", 240.0),
+        run(2, "foxwork_full", 1.0) | {"error": "timed out"},  # a failed run counts nowhere
+        run(3, "foxwork_retry", 999.0),  # no hand-written run in round 3
+        {"mode": "paced", "round": 1, "candidate": "handwritten", "msgs_per_s": 1.0},
+    ]
+    out = failure_storm.ratios(runs, "backlog")
+    assert out["foxwork_retry / handwritten"] == {
+        "median": pytest.approx(1.35),
+        "min": pytest.approx(1.2),
+        "max": pytest.approx(1.5),
+        "rounds": 2,
+    }
+    assert out["foxwork_full / handwritten_otel"]["median"] == pytest.approx(1.5)
+    assert out["foxwork_full / handwritten"]["rounds"] == 1
+    assert out["foxwork_full / handwritten"]["median"] == pytest.approx(0.9)
+    assert failure_storm.ratios(runs, "paced") == {}
 
 
 def test_dlq_tools_options_and_rss_trend() -> None:
