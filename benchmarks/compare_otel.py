@@ -1,15 +1,18 @@
-"""Telemetry overhead: raw aio-pika, raw aio-pika with hand-written OpenTelemetry, foxwork
-bare and foxwork's full chain, side by side on a real broker.
+"""Telemetry overhead: raw aio-pika (plain, with hand-written OpenTelemetry, and hand-tuned
+multiple acks), foxwork bare and foxwork's full chain, side by side on a real broker.
 
-The question it answers: what does foxwork's full chain cost against what a team without
+The questions it answers: what does foxwork's full chain cost against what a team without
 foxwork would run with the same telemetry (`consumers/raw_aiopika_otel.py`: per message,
 the W3C context extracted, one CONSUMER span with the attributes foxwork sets, one
-histogram record, one `basic.ack`; same SDK set-up and exporters as `foxwork_full`)?
+histogram record, one `basic.ack`; same SDK set-up and exporters as `foxwork_full`)? And
+how does foxwork's bare pool (acks coalesced) compare with the best hand-tuned client code
+(`consumers/raw_aiopika_multi.py`: one `basic.ack` with `multiple=True` per 100 messages)?
 
 Each run is exactly one run of `benchmarks.throughput` (same queue, same messages, same
 probe, same checks); the rounds alternate the order of the candidates (A B C D, then
 D C B A, ...) so that neither end of a round is always the same candidate. Ratios are
-taken within each round, against raw aio-pika and against raw aio-pika + OpenTelemetry.
+taken within each round, against raw aio-pika, raw aio-pika + OpenTelemetry and raw
+aio-pika with multiple acks.
 
 Usage:
     python -m benchmarks.compare_otel [-n 50000] [--rounds 5] [--url URL] [--quick]
@@ -29,17 +32,20 @@ from typing import Any
 from . import _support as s
 from . import throughput as tp
 
-#: The new candidate, registered with the throughput driver for the duration of the run.
+#: The candidates compared with, besides `raw_aiopika` (the throughput driver's baseline).
 OTEL_CANDIDATE = "raw_aiopika_otel"
-CANDIDATES = ("raw_aiopika", OTEL_CANDIDATE, "foxwork_bare", "foxwork_full")
+MULTI_CANDIDATE = "raw_aiopika_multi"
+CANDIDATES = ("raw_aiopika", OTEL_CANDIDATE, MULTI_CANDIDATE, "foxwork_bare", "foxwork_full")
 DEFAULT_ROUNDS = 5
 QUICK_MESSAGES = 5_000
 QUICK_ROUNDS = 2
 
 
 def register() -> None:
-    """Make `raw_aiopika_otel` a candidate of `benchmarks.throughput` (if it is not yet)."""
-    tp.CANDIDATES.setdefault(OTEL_CANDIDATE, (OTEL_CANDIDATE, ()))
+    """Make sure the candidates are known to `benchmarks.throughput` (they are: a no-op
+    unless an older throughput module lacks them)."""
+    for name in (OTEL_CANDIDATE, MULTI_CANDIDATE):
+        tp.CANDIDATES.setdefault(name, (name, ()))
 
 
 def round_order(names: Sequence[str], number: int) -> list[str]:
@@ -114,17 +120,24 @@ async def bench(args: argparse.Namespace, broker: s.Broker) -> dict[str, Any]:
         "meta": meta,
         "summary": tp.summarise(runs, names),
         "ratio_to_raw_otel": ratios(runs, names, OTEL_CANDIDATE),
+        "ratio_to_raw_multi": ratios(runs, names, MULTI_CANDIDATE),
         "runs": runs,
     }
 
 
-def render_otel_ratios(data: dict[str, Any]) -> str:
-    rows = []
-    for name, item in data["ratio_to_raw_otel"].items():
-        if item["min"] is None:
-            continue
-        rows.append([name, f"{item['median']:.2f}", f"{item['min']:.2f}-{item['max']:.2f}"])
-    return s.table(["candidate", f"x {OTEL_CANDIDATE}", "min-max"], rows)
+def render_ratios(data: dict[str, Any]) -> str:
+    """Each candidate over raw aio-pika + OpenTelemetry and over raw aio-pika with multiple
+    acks (median, min-max within the rounds)."""
+
+    def cells(item: dict[str, Any] | None) -> list[str]:
+        if item is None or item["min"] is None:
+            return ["", ""]
+        return [f"{item['median']:.2f}", f"{item['min']:.2f}-{item['max']:.2f}"]
+
+    otel, multi = data["ratio_to_raw_otel"], data.get("ratio_to_raw_multi", {})
+    rows = [[name, *cells(otel.get(name)), *cells(multi.get(name))] for name in otel]
+    headers = ["candidate", f"x {OTEL_CANDIDATE}", "min-max", f"x {MULTI_CANDIDATE}", "min-max"]
+    return s.table(headers, rows)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(tp.render(data["summary"]))
     print()
-    print(render_otel_ratios(data))
+    print(render_ratios(data))
     s.save("compare_otel", data, args.output)
     return 0 if all(not r.get("error") for r in data["runs"]) else 1
 

@@ -33,6 +33,8 @@ CANDIDATES: dict[str, tuple[str, tuple[str, ...]]] = {
     "raw_aiopika": ("raw_aiopika", ()),
     # aio-pika with the same telemetry written by hand (what a team without foxwork runs).
     "raw_aiopika_otel": ("raw_aiopika_otel", ()),
+    # aio-pika acking with `multiple=True` every 100 messages (the best hand-tuned client).
+    "raw_aiopika_multi": ("raw_aiopika_multi", ()),
     "foxwork_bare": ("foxwork_bare", ()),
     "foxwork_full": ("foxwork_full", ()),
     "faststream_sub": ("faststream_sub", ()),
