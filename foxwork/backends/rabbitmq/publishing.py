@@ -9,6 +9,11 @@ channel never carries two publishes of one id at a time (`PublisherChannels`); t
 sends a publish's `basic.return` before its `basic.ack` on the same channel, and with one
 publish per id per channel the return is attributed to exactly the publish it belongs to.
 
+Publishes that find no channel open wait for one in the order they came, and a publish that
+arrives while any of them still waits queues behind them, even once the channel is open:
+the broker receives them in the order they were started (aiormq keeps a channel's publishes
+in order from there). With a channel open and nobody waiting, a publish takes it at once.
+
 A copy the broker refuses every time (for a property it validates, say) would send its
 original back to the queue at once, forever. `RefusedCopies` counts refusals per message,
 makes each requeue wait a growing pause, and past `REFUSED_COPY_LIMIT` tells the message
@@ -25,6 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiormq
 from aiormq.abc import AbstractChannel as RawChannel
 
+from ..._turnstile import Turnstile
 from ...errors import PublishNotConfirmed
 
 __all__ = ["REFUSALS", "REFUSED_COPY_LIMIT", "CopyRefused", "PublisherChannels", "RefusedCopies"]
@@ -81,7 +87,8 @@ class PublisherChannels:
         self._open_channel = open_channel
         self._limit = limit
         self._lanes: list[_Lane] = []
-        self._opening = asyncio.Lock()
+        # Publishes waiting for a channel to open, first come, first served.
+        self._opening = Turnstile()
         self._freed: dict[str, asyncio.Future[None]] = {}
 
     def __len__(self) -> int:
@@ -109,22 +116,23 @@ class PublisherChannels:
                     freed.set_result(None)
 
     def _free_lane(self, message_id: str | None) -> _Lane | None:
-        self._lanes = [lane for lane in self._lanes if not lane.channel.is_closed]
         for lane in self._lanes:
+            if lane.channel.is_closed:
+                self._lanes = [live for live in self._lanes if not live.channel.is_closed]
+                return self._free_lane(message_id)
             if not message_id or message_id not in lane.in_flight:
                 return lane
         return None
 
     async def _acquire(self, message_id: str | None) -> _Lane:
         while True:
-            lane = self._free_lane(message_id)
-            if lane is None and len(self._lanes) < self._limit:
-                async with self._opening:
-                    # Publishes that arrive together share the channel the first one opens.
-                    lane = self._free_lane(message_id)
-                    if lane is None and len(self._lanes) < self._limit:
-                        lane = _Lane(await self._open_channel())
-                        self._lanes.append(lane)
+            if self._opening.queued:
+                # Publishes wait for a channel: this one goes behind them.
+                lane = await self._lane_in_turn(message_id)
+            else:
+                lane = self._free_lane(message_id)
+                if lane is None and len(self._lanes) < self._limit:
+                    lane = await self._lane_in_turn(message_id)
             if lane is not None:
                 if message_id:
                     # Reserved before any await: no other publish of this id can take it.
@@ -136,6 +144,17 @@ class PublisherChannels:
             if freed is None:
                 freed = self._freed[message_id] = asyncio.get_running_loop().create_future()
             await asyncio.wait((freed,))
+
+    async def _lane_in_turn(self, message_id: str | None) -> _Lane | None:
+        """A free channel, opened if need be, once the publishes queued before had theirs;
+        None when every channel has a publish of `message_id` in flight."""
+        async with self._opening.turn():
+            # Publishes that arrive together share the channel the first one opens.
+            lane = self._free_lane(message_id)
+            if lane is None and len(self._lanes) < self._limit:
+                lane = _Lane(await self._open_channel())
+                self._lanes.append(lane)
+            return lane
 
 
 class RefusedCopies:
