@@ -27,6 +27,7 @@ from pamqp.commands import Basic
 
 from ... import wire
 from ..._redact import redact_url
+from ..._turnstile import Turnstile
 from ...errors import BackendError, ConnectionLost, PublishNotConfirmed, TopologyConflict
 from ...message import Message, MessageProperties
 from .._recovery import Restorer
@@ -80,9 +81,10 @@ class RabbitMQBackend(Backend):
         self._url: str | None = None
         self._publishers = PublisherChannels(self._open_publisher_channel)
         self._refused_copies = RefusedCopies()
-        # Exchanges known to exist (see `_check_exchange`), and the check running.
+        # Exchanges known to exist (see `_check_exchange`), and the publishes waiting for
+        # a check, first come, first served.
         self._exchanges: set[str] = set()
-        self._exchange_checks = asyncio.Lock()
+        self._exchange_checks = Turnstile()
         # Ids of messages this backend put back itself (nack with requeue), oldest first.
         self._handed_back: collections.OrderedDict[str, None] = collections.OrderedDict()
         # Why a message of a passive queue is about to be rejected (see `_dead_letter_rejected`).
@@ -373,12 +375,14 @@ class RabbitMQBackend(Backend):
         A publish to a missing exchange makes RabbitMQ close the channel it went on, which
         fails every other publish in flight there (and a publish racing that close can cost
         the whole connection). So the first publish to an exchange asks for it first, with
-        a passive declare on a channel of its own; an exchange found is remembered.
+        a passive declare on a channel of its own; an exchange found is remembered. While
+        publishes wait for a check, every publish queues behind them (in order, they reach
+        the broker in the order they were started).
         """
-        if not exchange or exchange in self._exchanges:
+        if not self._exchange_checks.queued and (not exchange or exchange in self._exchanges):
             return
-        async with self._exchange_checks:
-            if exchange in self._exchanges:
+        async with self._exchange_checks.turn():
+            if not exchange or exchange in self._exchanges:
                 return
             channel = await self._open_channel(f"checking {where}")
             try:
