@@ -17,7 +17,7 @@ import logging
 import random
 import struct
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, cast
 
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
@@ -34,7 +34,7 @@ from .._recovery import Restorer
 from ..base import Backend, Consumer, Intake, copy_properties, retry_properties
 from ._io import TRANSPORT_ERRORS, mapped, settle_on
 from .acks import AckCoalescer
-from .config import QueueType, RabbitMQConsumerConfig, UrlOrder
+from .config import QueueNames, QueueType, RabbitMQConsumerConfig, UrlOrder
 from .connection import connect_first
 from .consumer import ConsumerHost, RabbitConsumer, tag_of
 from .convert import connection_user, copyable_user_id, to_amqp_properties, to_message
@@ -80,6 +80,10 @@ class RabbitMQBackend(Backend):
         self._connection: AbstractConnection | None = None
         self._url: str | None = None
         self._publishers = PublisherChannels(self._open_publisher_channel)
+        # The topology names of each queue (the config does not change), and the user the
+        # connection logs in as: asked for every copy published.
+        self._names: dict[str, QueueNames] = {}
+        self._user = connection_user("")
         self._refused_copies = RefusedCopies()
         # Exchanges known to exist (see `_check_exchange`), and the publishes waiting for
         # a check, first come, first served.
@@ -92,6 +96,8 @@ class RabbitMQBackend(Backend):
         # The topology channel is opened once, however many callers need it at once.
         self._channel_opening = asyncio.Lock()
         self._topology_channel: AbstractChannel | None = None
+        # That channel and its underlay, once asked for.
+        self._topology_raw: tuple[AbstractChannel, RawChannel] | None = None
         # The channel of `queue_depth`'s passive declares, and the sample being taken.
         self._depth_channel: AbstractChannel | None = None
         self._depth_sampling = asyncio.Lock()
@@ -158,6 +164,7 @@ class RabbitMQBackend(Backend):
         )
         self._connection = connection
         self._url = url
+        self._user = connection_user(url)
         self._publishers.forget()
         self._topology_channel = None
         self._depth_channel = None
@@ -239,6 +246,9 @@ class RabbitMQBackend(Backend):
 
     async def _raw_topology_channel(self) -> RawChannel:
         channel = self._topology_channel
+        known = self._topology_raw
+        if known is not None and known[0] is channel and not known[1].is_closed:
+            return known[1]  # every retry copy asks: no coroutine when it is open
         if channel is None or channel.is_closed:
             async with self._channel_opening:
                 # Declarations that arrive together share the channel the first one opens.
@@ -246,7 +256,9 @@ class RabbitMQBackend(Backend):
                 if channel is None or channel.is_closed:
                     channel = self._topology_channel = await self._open_channel()
         async with mapped("opening a channel"):
-            return await channel.get_underlay_channel()
+            raw = await channel.get_underlay_channel()
+        self._topology_raw = (channel, raw)
+        return raw
 
     async def declare(self, queue: str) -> None:
         raw = await self._raw_topology_channel()
@@ -410,13 +422,20 @@ class RabbitMQBackend(Backend):
             # One publish per message id per channel: a basic.return is then charged to
             # exactly the publish it belongs to (see `publishing.py`).
             async with self._publishers.channel_for(properties.message_id) as channel:
-                confirm = await channel.basic_publish(
+                # wait=False: the channel's lock is held only while the frames are queued
+                # for the connection's writer, not until the socket took them, so the
+                # publishes of a channel pipeline instead of queueing behind each other's
+                # write. The confirm is still awaited (the only answer that counts), and
+                # a channel carries at most as many publishes as are awaited at once.
+                # (`wait` is aiormq.Channel's, not in the abstract channel's signature.)
+                confirm = await cast(aiormq.Channel, channel).basic_publish(
                     body,
                     exchange=exchange,
                     routing_key=routing_key,
                     properties=to_amqp_properties(properties),
                     mandatory=True,
                     timeout=self.config.publish_timeout,
+                    wait=False,
                 )
         except aiormq.exceptions.PublishError as exc:
             raise PublishNotConfirmed(f"unroutable: no queue is bound for {where}") from exc
@@ -460,7 +479,7 @@ class RabbitMQBackend(Backend):
                 if self.config.settings_for(message.queue).passive:
                     exc.args = (
                         f"{exc}; refused {count} times: rejected, and dead-lettered by a copy "
-                        f"to {self.config.names(message.queue).dead_letter_queue!r} "
+                        f"to {self._names_of(message.queue).dead_letter_queue!r} "
                         f"({message.queue!r} is attached passively)",
                     )
                     self._remember_rejection(message, exc)
@@ -474,9 +493,17 @@ class RabbitMQBackend(Backend):
             raise
         self._refused_copies.confirmed(message.id)
 
+    def _names_of(self, queue: str) -> QueueNames:
+        names = self._names.get(queue)
+        if names is None:
+            names = self._names[queue] = self.config.names(queue)
+        return names
+
     def _publishable(self, properties: MessageProperties) -> MessageProperties:
         """A copy's properties as this connection may publish them (a RabbitMQ rule)."""
-        user_id = copyable_user_id(properties.user_id, connection_user(self._url or ""))
+        if properties.user_id is None:
+            return properties
+        user_id = copyable_user_id(properties.user_id, self._user)
         if user_id != properties.user_id:
             # The broker would refuse every copy: it checks user_id against the connection.
             properties = dataclasses.replace(properties, user_id=user_id)
@@ -486,7 +513,7 @@ class RabbitMQBackend(Backend):
         await self._publish_copy(message, self._publish_retry(message, delay=delay))
 
     async def _publish_retry(self, message: Message[Any], *, delay: float) -> None:
-        names = self.config.names(message.queue)
+        names = self._names_of(message.queue)
         properties = self._publishable(retry_properties(message))
         if not self.config.enable_delayed_retry:
             await self._publish("", message.queue, message.body, properties)
@@ -507,7 +534,7 @@ class RabbitMQBackend(Backend):
             raise PublishNotConfirmed(f"retry copy of {message.id} not published: {exc}") from exc
 
     async def publish_dead_letter(self, message: Message[Any], headers: dict[str, Any]) -> None:
-        names = self.config.names(message.queue)
+        names = self._names_of(message.queue)
         properties = self._publishable(copy_properties(message, headers))
         await self._publish_copy(
             message, self._publish("", names.dead_letter_queue, message.body, properties)
@@ -592,7 +619,7 @@ class RabbitMQBackend(Backend):
             reason=reason,
             final_attempt=message.attempt,
         )
-        dead_letter_queue = self.config.names(message.queue).dead_letter_queue
+        dead_letter_queue = self._names_of(message.queue).dead_letter_queue
         properties = self._publishable(copy_properties(message, headers))
         try:
             await self._publish("", dead_letter_queue, message.body, properties)
