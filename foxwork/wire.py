@@ -13,6 +13,7 @@ Other tools read these names, so they live here and nowhere else. For a queue `Q
 
 from __future__ import annotations
 
+import functools
 import math
 import traceback
 from collections.abc import Mapping
@@ -127,6 +128,7 @@ def seconds_to_ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
+@functools.lru_cache(maxsize=1024)
 def delay_tier_ms(seconds: float) -> int:
     """The retry tier for a delay: milliseconds rounded to two significant digits.
 
