@@ -416,8 +416,8 @@ class RabbitMQBackend(Backend):
     async def _publish(
         self, exchange: str, routing_key: str, body: bytes, properties: MessageProperties
     ) -> None:
-        where = f"exchange {exchange!r} with routing key {routing_key!r}"
-        await self._check_exchange(exchange, where)
+        if exchange and exchange not in self._exchanges:
+            await self._check_exchange(exchange, _where(exchange, routing_key))
         try:
             # One publish per message id per channel: a basic.return is then charged to
             # exactly the publish it belongs to (see `publishing.py`).
@@ -438,21 +438,33 @@ class RabbitMQBackend(Backend):
                     wait=False,
                 )
         except aiormq.exceptions.PublishError as exc:
-            raise PublishNotConfirmed(f"unroutable: no queue is bound for {where}") from exc
+            raise PublishNotConfirmed(
+                f"unroutable: no queue is bound for {_where(exchange, routing_key)}"
+            ) from exc
         except aiormq.exceptions.ChannelNotFoundEntity as exc:
             self._exchanges.discard(exchange)  # deleted since it was checked
-            raise PublishNotConfirmed(f"publish to {where} failed: {exc}") from exc
+            raise PublishNotConfirmed(
+                f"publish to {_where(exchange, routing_key)} failed: {exc}"
+            ) from exc
         except REFUSALS as exc:
-            raise CopyRefused(f"the broker refused the publish to {where}: {exc}") from exc
+            raise CopyRefused(
+                f"the broker refused the publish to {_where(exchange, routing_key)}: {exc}"
+            ) from exc
         except (BackendError, *TRANSPORT_ERRORS, TimeoutError) as exc:
             reason = str(exc) or type(exc).__name__
-            raise PublishNotConfirmed(f"publish to {where} not confirmed: {reason}") from exc
+            raise PublishNotConfirmed(
+                f"publish to {_where(exchange, routing_key)} not confirmed: {reason}"
+            ) from exc
         except (TypeError, ValueError, OverflowError, struct.error) as exc:
             # pamqp cannot encode the message (a property or header value of a type AMQP
             # has no field for): it would fail the same way every time.
-            raise CopyRefused(f"cannot encode the publish to {where}: {exc}") from exc
+            raise CopyRefused(
+                f"cannot encode the publish to {_where(exchange, routing_key)}: {exc}"
+            ) from exc
         if not isinstance(confirm, Basic.Ack):
-            raise PublishNotConfirmed(f"the broker refused the publish to {where} (nack)")
+            raise PublishNotConfirmed(
+                f"the broker refused the publish to {_where(exchange, routing_key)} (nack)"
+            )
 
     async def publish(
         self,
@@ -673,6 +685,11 @@ class RabbitMQBackend(Backend):
             "consumers": {c.queue: c.active for c in self._consumers},
             "settle_failures": self.settle_failures,
         }
+
+
+def _where(exchange: str, routing_key: str) -> str:
+    """Where a publish went, as its errors say it."""
+    return f"exchange {exchange!r} with routing key {routing_key!r}"
 
 
 class _Host:
