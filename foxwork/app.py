@@ -15,7 +15,6 @@ from typing import Any
 
 from ._redact import redact_url
 from .backends.base import Backend
-from .backends.memory import MemoryBackend
 from .backends.rabbitmq import RabbitMQBackend, RabbitMQConsumerConfig
 from .backends.rabbitmq.config import QueueSettings, QueueType, TopologyMode
 from .backends.resilient import ResilientBackend
@@ -345,6 +344,8 @@ def make_backend(
             backend cannot take.
     """
     if settings.memory:
+        from .backends.memory import MemoryBackend  # imported on use: `foxwork run` needs no other
+
         return MemoryBackend(queues=list(queues))
     urls = settings.urls
     if not urls:
