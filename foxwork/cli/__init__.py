@@ -20,17 +20,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from .._redact import redact
 from ..errors import ConfigurationError
 from ..logs import ENV_LOG_FORMAT, TEXT_FORMAT, command_line_logging
-from . import demo
 from .common import (
     ENV_URL,
     EXIT_OK,
@@ -41,19 +42,14 @@ from .common import (
     add_log_level,
     positive_int,
 )
-from .dlq import add_dlq_command
-from .publish import add_publish_command
 from .run import (
     EVENT_LOOPS,
-    add_run_command,
     load_pool,
     loop_factory,
     make_backend,
     run_on_loop,
 )
 from .serve import serve
-from .spool import add_spool_command
-from .topology import add_topology_command
 
 __all__ = [
     "COMMANDS",
@@ -81,6 +77,8 @@ LOG_FORMAT = TEXT_FORMAT
 
 def add_demo_command(subparsers: Subparsers) -> None:
     """`foxwork demo`: the example order pool on the in-memory backend."""
+    from . import demo
+
     parser = subparsers.add_parser(
         "demo",
         help="watch an example pool process orders, with retries and dead letters",
@@ -114,34 +112,59 @@ def add_demo_command(subparsers: Subparsers) -> None:
     parser.set_defaults(handler=_demo_command)
 
 
-#: The subcommands, in the order `foxwork --help` lists them. Adding a subcommand is
-#: adding one function here.
-COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
-    add_run_command,
-    add_demo_command,
-    add_dlq_command,
-    add_publish_command,
-    add_topology_command,
-    add_spool_command,
-)
+#: The subcommands, in the order `foxwork --help` lists them, each with the module of the
+#: function that adds its parser (`add_<name>_command`), imported only when that parser is
+#: built: `foxwork run` does not load what `foxwork publish` needs. Adding a subcommand is
+#: adding one entry here. `COMMANDS` is the tuple of those functions.
+_COMMANDS = {
+    "run": ".run",
+    "demo": "",
+    "dlq": ".dlq",
+    "publish": ".publish",
+    "topology": ".topology",
+    "spool": ".spool",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `foxwork` argument parser with every subcommand of `COMMANDS`."""
+def _add_command(name: str) -> Callable[[Subparsers], None]:
+    if not _COMMANDS[name]:
+        return add_demo_command
+    module = importlib.import_module(_COMMANDS[name], __name__)
+    add: Callable[[Subparsers], None] = getattr(module, f"add_{name}_command")
+    return add
+
+
+if TYPE_CHECKING:
+    COMMANDS: tuple[Callable[[Subparsers], None], ...]
+else:
+
+    def __getattr__(name: str) -> Any:
+        if name == "COMMANDS":
+            return tuple(_add_command(command) for command in _COMMANDS)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `foxwork` argument parser with every subcommand of `COMMANDS`, or with
+    `command` alone."""
     parser = argparse.ArgumentParser(
         prog="foxwork",
         description="foxwork: asyncio workers for RabbitMQ queues.",
     )
     parser.add_argument("--version", action="version", version=f"foxwork {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add_command in COMMANDS:
-        add_command(subparsers)
+    for name in _COMMANDS if command is None else (command,):
+        _add_command(name)(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `foxwork` command; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    # The first word that is not an option names the subcommand: only its parser is built
+    # (every one for `foxwork --help`, or a word that names none).
+    words = sys.argv[1:] if argv is None else argv
+    command = next((word for word in words if not word.startswith("-")), None)
+    args = build_parser(command if command in _COMMANDS else None).parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         with _logging(args.log_level, getattr(args, "log_format", "text")):
@@ -175,6 +198,8 @@ def _logging(level: str, log_format: str) -> Iterator[None]:
 
 
 def _demo_command(args: argparse.Namespace) -> int:
+    from . import demo
+
     try:
         result = asyncio.run(
             demo.run_demo(
