@@ -416,7 +416,8 @@ class RabbitMQBackend(Backend):
     async def _publish(
         self, exchange: str, routing_key: str, body: bytes, properties: MessageProperties
     ) -> None:
-        if exchange and exchange not in self._exchanges:
+        # Also behind the publishes waiting for a check, to any exchange: in their order.
+        if self._exchange_checks.queued or (exchange and exchange not in self._exchanges):
             await self._check_exchange(exchange, _where(exchange, routing_key))
         try:
             # One publish per message id per channel: a basic.return is then charged to
