@@ -29,6 +29,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection
 from types import TracebackType
 
 import aiormq
+from aio_pika import IncomingMessage
 from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
@@ -36,6 +37,7 @@ from aio_pika.abc import (
     AbstractQueue,
 )
 from aiolimiter import AsyncLimiter
+from aiormq.abc import DeliveredMessage
 
 from ..._redact import redact_url
 from ...deadletter import DeadLetterInfo, ReplayResult, describe, replay_choice
@@ -255,12 +257,17 @@ class DeadLetterQueue:
         received before the first is handed on."""
         arrived: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
 
-        async def deliver(message: AbstractIncomingMessage) -> None:
-            arrived.put_nowait(message)
+        async def deliver(message: DeliveredMessage) -> None:
+            arrived.put_nowait(IncomingMessage(message, no_ack=False))
 
         # A per-consumer prefetch applies to consumers started after it is set.
         await channel.set_qos(prefetch_count=size)
-        tag = await queue.consume(deliver, no_ack=False)
+        # On aiormq's channel directly: aio-pika's `queue.consume` runs each delivery's
+        # callback in a task of its own on top of aiormq's (one task per delivery here).
+        underlay = await channel.get_underlay_channel()
+        consuming = await underlay.basic_consume(queue.name, deliver, no_ack=False)
+        tag = consuming.consumer_tag
+        assert tag is not None
         window: collections.deque[AbstractIncomingMessage] = collections.deque()
         try:
             while len(window) < size:
@@ -274,7 +281,7 @@ class DeadLetterQueue:
             # past the window. Cancelling keeps the window's dead letters held (so the
             # next consumer starts after them); a channel already gone dropped them.
             with contextlib.suppress(*TRANSPORT_ERRORS):
-                await queue.cancel(tag)
+                await underlay.basic_cancel(tag)
         while window:
             yield window.popleft()
 
@@ -282,6 +289,8 @@ class DeadLetterQueue:
         self, channel: AbstractChannel, arrived: asyncio.Queue[AbstractIncomingMessage]
     ) -> AbstractIncomingMessage | None:
         """The next delivery; None once the DLQ has none ready and none arrived."""
+        if not arrived.empty():
+            return arrived.get_nowait()
         while True:
             try:
                 return await asyncio.wait_for(arrived.get(), _BROWSE_IDLE)

@@ -5,7 +5,9 @@ in both, never in neither.
 
 Without a rate limit, the DLQ is read a window at a time and up to `_REPLAY_WINDOW` copies
 are in flight on the publishing channel: the broker confirms them in order, and each dead
-letter is removed as soon as its own copy is confirmed.
+letter is removed once its own copy is confirmed. While the pass holds no dead letter it
+leaves in place, the removals of a run of confirmed copies go out as one `basic.ack` with
+`multiple` set (up to `_ACK_BATCH` dead letters, all with their copies confirmed).
 """
 
 from __future__ import annotations
@@ -18,14 +20,16 @@ import enum
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aiolimiter import AsyncLimiter
 
 from ...deadletter import REPLAY_DROPPED_HEADERS, REPLAY_IDS_KEPT, ReplayResult
 from ...errors import ConnectionLost
+from ._batch import Outgoing, publish_batch
 from ._io import TRANSPORT_ERRORS
 from .convert import copyable_user_id
 
@@ -48,16 +52,35 @@ _MAX_FRUITLESS_PASSES = 3
 _CONFIRM_TIMEOUT = 10.0
 #: Copies a replay without a rate limit has in flight (published, confirm awaited).
 _REPLAY_WINDOW = 256
+#: Copies published together, in one write (without a rate limit): when the window is
+#: full, this many of the oldest are settled before the next batch goes out.
+_PUBLISH_BATCH = 64
+#: Dead letters with their copies confirmed removed by one `basic.ack` (`multiple` set)
+#: at most, while the pass holds none it leaves in place.
+_ACK_BATCH = 128
+
+
+@dataclasses.dataclass
+class _Copy:
+    """A dead letter's copy: what goes out and, once it went, its confirmation (or why it
+    could not go)."""
+
+    outgoing: Outgoing
+    #: The broker's answer, due by `deadline` (event loop time); None until published.
+    confirmation: asyncio.Future[Any] | None = None
+    deadline: float = 0.0
+    #: Why it could not be published.
+    failure: BaseException | None = None
 
 
 @dataclasses.dataclass
 class _Pending:
-    """A dead letter read and not yet settled, in DLQ order: its copy in flight (`copy`),
-    or left in place (`copy` is None)."""
+    """A dead letter read and not yet settled, in DLQ order: its copy to publish or in
+    flight (`copy`), or left in place (`copy` is None)."""
 
     message: AbstractIncomingMessage
     letter: DeadLetterInfo
-    copy: asyncio.Task[bool] | None
+    copy: _Copy | None
 
 
 class _PassEnd(enum.Enum):
@@ -105,7 +128,13 @@ class Replay:
         self._read_bound = read_bound
         #: Copies in flight at most: one with a rate limit (each waits its turn).
         self._window = 1 if limiter is not None else _REPLAY_WINDOW
+        #: Copies published together, in one write: one with a rate limit.
+        self._batch = min(self._window, _PUBLISH_BATCH)
+        #: Copies in `_pending` not published yet, in DLQ order.
+        self._unsent: list[_Copy] = []
         self._publisher: AbstractChannel | None = None
+        #: The publishing channel's own aiormq channel: copies go out on it directly.
+        self._publishing: aiormq.abc.AbstractChannel | None = None
         self._replayed: list[str] = []
         self._failed: list[str] = []
         self._replayed_count = 0
@@ -115,6 +144,12 @@ class Replay:
         self._pending: collections.deque[_Pending] = collections.deque()
         #: Copies in `_pending`.
         self._flying = 0
+        #: Dead letters whose copies are confirmed, in DLQ order, not yet removed: the
+        #: next `_remove_confirmed()` removes them with one `basic.ack` (`multiple` set).
+        self._removable: list[tuple[AbstractIncomingMessage, str]] = []
+        #: Whether a `basic.ack` with `multiple` set removes only what it should: no
+        #: dead letter the pass leaves in place has been read on its channel.
+        self._multiple = False
         #: Dead letters at the head of the DLQ this run left there, in order.
         self._passed = 0
         #: Dead letters this run removed (their copies confirmed).
@@ -132,7 +167,7 @@ class Replay:
 
     @property
     def _read(self) -> int:
-        return self._passed + self._removed
+        return self._passed + self._removed + len(self._removable)
 
     def _finished(self) -> bool:
         if self._stopped:
@@ -212,6 +247,9 @@ class Replay:
         held_since = time.monotonic()
         held = 0
         rehold = self._passed
+        # The dead letters held again are on this channel, unacked, ahead of the rest. One
+        # copy at a time (a rate limit), each dead letter goes before the next is read.
+        self._multiple = rehold == 0 and self._window > 1
         async with contextlib.aclosing(self._messages(browse, queue)) as messages:
             async for message in messages:
                 # The dead letters earlier passes left at the head: held again to read past.
@@ -233,17 +271,19 @@ class Replay:
                 elif not await self._wait_for_slot(held_since):
                     return _PassEnd.RELEASED
                 else:
-                    # The channel is opened here, not in each copy's task: every copy of a
-                    # window goes out on the one channel, in DLQ order.
-                    try:
-                        publisher = await self._open_publisher()
-                    except ConnectionLost as exc:
-                        self._stopped = str(exc)
-                        return _PassEnd.DONE
-                    copy = asyncio.ensure_future(self._replay_one(message, letter, publisher))
+                    copy = _Copy(self._outgoing(message, letter))
                     self._pending.append(_Pending(message, letter, copy))
+                    self._unsent.append(copy)
                     self._flying += 1
-                while self._flying >= self._window or (self._pending and not self._flying):
+                    if len(self._unsent) >= self._batch:
+                        await self._send()
+                if self._flying >= self._window:
+                    # A batch's worth of the oldest is settled while the rest are in
+                    # flight; the next batch then goes out in one write.
+                    await self._send()
+                    while self._flying > self._window - self._batch:
+                        await self._settle_oldest()
+                while self._pending and not self._flying:
                     await self._settle_oldest()
                 if self._finished():
                     return _PassEnd.DONE
@@ -278,30 +318,64 @@ class Replay:
             if self._dry_run and self._chosen(letter):
                 self._replayed_count += 1
                 self._record(self._replayed, letter)
-            self._passed += 1
+            await self._leave(letter)
         else:
             self._flying -= 1
-            replayed = await pending.copy
+            copy = pending.copy
+            if copy.confirmation is None and copy.failure is None:
+                await self._send()
+            replayed = await self._confirmed(copy, letter, alone=self._window == 1)
             if not replayed and self._window > 1 and not self._stopped:
                 # A copy in a window also fails when another closed the channel: it gets a
                 # turn of its own on a fresh one before it counts as failed.
-                replayed = await self._replay_one(pending.message, letter, alone=True)
+                copy = _Copy(copy.outgoing)
+                await self._publish([copy])
+                replayed = await self._confirmed(copy, letter, alone=True)
             if replayed:
                 self._replayed_count += 1
                 self._record(self._replayed, letter)
-                # The copy is confirmed: only now does the dead letter go. Should the
-                # channel be gone, the dead letter is back in the DLQ, right after the ones
-                # passed over, and the next pass removes it.
-                self._unsettled.appendleft((letter.id, True))
-                await pending.message.ack()
-                self._unsettled.popleft()
-                self._removed += 1
+                # The copy is confirmed: only now does the dead letter go.
+                if self._multiple:
+                    self._removable.append((pending.message, letter.id))
+                    if len(self._removable) >= _ACK_BATCH:
+                        await self._remove_confirmed()
+                else:
+                    # Should the channel be gone, the dead letter is back in the DLQ,
+                    # right after the ones passed over, and the next pass removes it.
+                    self._unsettled.appendleft((letter.id, True))
+                    await pending.message.ack()
+                    self._unsettled.popleft()
+                    self._removed += 1
             else:
                 self._failed_count += 1
                 self._record(self._failed, letter)
-                self._passed += 1
+                await self._leave(letter)
         if self._on_progress is not None and self._total is not None:
             self._on_progress(self._read, self._total)
+
+    async def _leave(self, letter: DeadLetterInfo) -> None:
+        """Leave `letter` in place: held on the pass's channel from now on, so the dead
+        letters before it are removed first, and later ones one `basic.ack` each."""
+        await self._remove_confirmed()
+        self._multiple = False
+        self._passed += 1
+
+    async def _remove_confirmed(self) -> None:
+        """Remove the dead letters whose copies are confirmed (`_removable`) with one
+        `basic.ack`, `multiple` set: the pass's channel holds no dead letter before the
+        last of them that is to stay."""
+        if not self._removable:
+            return
+        last = self._removable[-1][0]
+        removed = len(self._removable)
+        # Should the channel be gone, they are back in the DLQ, in order, right after the
+        # ones passed over, and the next pass removes them (their copies are confirmed).
+        self._unsettled.extendleft((i, True) for _, i in reversed(self._removable))
+        self._removable.clear()
+        await last.ack(multiple=True)
+        for _ in range(removed):
+            self._unsettled.popleft()
+        self._removed += removed
 
     async def _drain(self) -> None:
         """Settle every dead letter read; when the pass's channel is gone, wait for the
@@ -309,13 +383,20 @@ class Replay:
         try:
             while self._pending:
                 await self._settle_oldest()
+            await self._remove_confirmed()
         except TRANSPORT_ERRORS:
-            # The one whose removal failed is first in `_unsettled` already.
+            # Those whose removal failed are first in `_unsettled` already; those whose
+            # removal was not sent yet come next.
+            self._unsettled.extend((i, True) for _, i in self._removable)
+            self._removable.clear()
             self._flying = 0
+            # Copies not published yet never will be: their dead letters are back in the DLQ.
+            self._unsent.clear()
             for pending in self._pending:
                 confirmed = False
-                if pending.copy is not None:
-                    confirmed = await pending.copy
+                copy = pending.copy
+                if copy is not None and (copy.confirmation or copy.failure) is not None:
+                    confirmed = await self._confirmed(copy, pending.letter, alone=True)
                     if confirmed:
                         self._replayed_count += 1
                         self._record(self._replayed, pending.letter)
@@ -339,64 +420,100 @@ class Replay:
             return True
         return False
 
-    async def _open_publisher(self) -> AbstractChannel:
-        if self._publisher is None or self._publisher.is_closed:
+    async def _open_publisher(self) -> aiormq.abc.AbstractChannel:
+        publishing = self._publishing
+        if self._publisher is None or publishing is None or publishing.is_closed:
             if self._publisher is not None:
                 await _close_quietly(self._publisher)
-                self._publisher = None
-            self._publisher = await self._dlq._channel(confirms=True)
-        return self._publisher
+                self._publisher = self._publishing = None
+            publisher = await self._dlq._channel(confirms=True)
+            self._publisher = publisher
+            try:
+                publishing = await publisher.get_underlay_channel()
+            except TRANSPORT_ERRORS as exc:
+                raise ConnectionLost(f"lost the publishing channel: {exc}") from exc
+            self._publishing = publishing
+        return publishing
 
-    async def _replay_one(
-        self,
-        message: AbstractIncomingMessage,
-        letter: DeadLetterInfo,
-        publisher: AbstractChannel | None = None,
-        *,
-        alone: bool = False,
-    ) -> bool:
+    def _outgoing(self, message: AbstractIncomingMessage, letter: DeadLetterInfo) -> Outgoing:
+        """The copy of a dead letter: its body and properties (those aio-pika would send
+        for the same `aio_pika.Message`), persistent, without the failure's headers."""
         headers = {k: v for k, v in letter.headers.items() if k not in REPLAY_DROPPED_HEADERS}
-        copy = aio_pika.Message(
-            message.body,
+        properties = aiormq.spec.Basic.Properties(
             headers=headers,
             content_type=message.content_type,
             content_encoding=message.content_encoding,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT.value,
             priority=message.priority,
             correlation_id=message.correlation_id,
             reply_to=message.reply_to,
             message_id=message.message_id or None,
             timestamp=message.timestamp,
-            type=message.type,
+            message_type=message.type,
             app_id=message.app_id,
             # The broker refuses a copy naming another user than the one publishing it.
             user_id=copyable_user_id(message.user_id, self._user),
         )
+        return letter.queue, message.body, properties
+
+    async def _send(self) -> None:
+        """Publish the copies not published yet (`_unsent`), in one write."""
+        unsent, self._unsent = self._unsent, []
+        if unsent:
+            await self._publish(unsent)
+
+    async def _publish(self, copies: list[_Copy]) -> None:
+        """Publish `copies` on the publishing channel, in order, in one write: each gets
+        its confirmation, due in `_CONFIRM_TIMEOUT`, or the reason it could not go."""
+        deadline = asyncio.get_running_loop().time() + _CONFIRM_TIMEOUT
         try:
-            if publisher is None:
-                publisher = await self._open_publisher()
+            publishing = await self._open_publisher()
+            confirmations = await publish_batch(publishing, [c.outgoing for c in copies])
         except ConnectionLost as exc:
             self._stopped = str(exc)
-            return False
-        try:
-            await publisher.default_exchange.publish(
-                copy, routing_key=letter.queue, mandatory=True, timeout=_CONFIRM_TIMEOUT
-            )
-        except (aio_pika.exceptions.DeliveryError, TimeoutError, *TRANSPORT_ERRORS) as exc:
-            # Not confirmed: the dead letter stays. A refusal that closed the channel is
-            # the broker's verdict on this copy; the next one gets a fresh channel. In a
-            # window, the copy gets a turn alone before it counts as failed.
-            logger.log(
-                logging.WARNING if alone or self._window == 1 else logging.DEBUG,
-                "dead letter %r was not replayed (its copy was not confirmed: %s: %s); "
-                "it stays in %s",
-                letter.id,
-                type(exc).__name__,
-                exc,
-                self._dlq.name,
-            )
-            return False
-        return True
+            for copy in copies:
+                copy.failure = exc
+            return
+        except TRANSPORT_ERRORS as exc:
+            # The channel closed (a refusal of an earlier copy): the next gets a fresh one.
+            for copy in copies:
+                copy.failure = exc
+            return
+        for copy, confirmation in zip(copies, confirmations, strict=True):
+            copy.confirmation = confirmation
+            copy.deadline = deadline
+
+    async def _confirmed(self, copy: _Copy, letter: DeadLetterInfo, *, alone: bool) -> bool:
+        """Whether the broker confirmed `copy` (in time)."""
+        failure = copy.failure
+        confirmation = copy.confirmation
+        if failure is None and confirmation is not None and confirmation.done():
+            # Answered already (the common case in a window): no timer needed.
+            if confirmation.cancelled():
+                failure = asyncio.CancelledError("the confirmation was cancelled")
+            else:
+                failure = confirmation.exception()
+        elif failure is None:
+            assert confirmation is not None
+            try:
+                async with asyncio.timeout_at(copy.deadline):
+                    await confirmation
+            except (aio_pika.exceptions.DeliveryError, TimeoutError, *TRANSPORT_ERRORS) as exc:
+                failure = exc
+        if failure is None:
+            return True
+        # Not confirmed: the dead letter stays. A refusal that closed the channel is the
+        # broker's verdict on this copy; the next one gets a fresh channel. In a window,
+        # the copy gets a turn alone before it counts as failed.
+        logger.log(
+            logging.WARNING if alone else logging.DEBUG,
+            "dead letter %r was not replayed (its copy was not confirmed: %s: %s); it stays in %s",
+            letter.id,
+            type(failure).__name__,
+            failure,
+            self._dlq.name,
+        )
+        return False
 
 
 async def _one_by_one(queue: AbstractQueue, count: int) -> AsyncGenerator[AbstractIncomingMessage]:
