@@ -39,6 +39,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from . import codec
+from ._turnstile import Turnstile
 from .errors import BackendError, ConnectionLost
 from .message import MessageProperties
 from .spool import Drainer, Spool, SpoolConfig, SpooledMessage
@@ -191,7 +192,7 @@ class Publisher:
         #: The open spool, from `start()` to `close()`.
         self.spool: Spool | None = None
         self._drainer: Drainer | None = None
-        self._starting = asyncio.Lock()
+        self._starting = Turnstile()
         self._connecting: asyncio.Task[None] | None = None
         self._owns_backend = False
         self._closed = False
@@ -246,12 +247,13 @@ class Publisher:
         Raises:
             SpoolLocked: another process has the spool open.
         """
-        if self.spool_config is None or self.spool is not None:
+        if self.spool_config is None or (self.spool is not None and not self._starting.queued):
             return
-        if self._closed:
-            raise ConnectionLost("this Publisher was closed; build a new one")
-        async with self._starting:
+        # Behind the publishes waiting for the spool to open, in the order they came.
+        async with self._starting.turn():
             if self.spool is None:
+                if self._closed:
+                    raise ConnectionLost("this Publisher was closed; build a new one")
                 spool = await Spool.open(self.spool_config)
                 if spool.depth:
                     logger.info("the spool %s holds %d message(s)", spool.directory, spool.depth)
@@ -408,13 +410,9 @@ class Publisher:
                     group.create_task(worker(group))
                 await send(item)
 
-        # The first item goes alone: publishes that wait while the backend opens the
-        # channel the first one needs may resume in any order, and the items must reach
-        # the broker in the order given.
-        first = next(pending, None)
-        if first is None:
-            return outcomes
-        await send(first)
+        # Each worker's publish reaches the backend before the next worker starts: the
+        # backend keeps publishes in the order they come, also those that wait for it to
+        # open a channel or check an exchange.
         async with asyncio.TaskGroup() as group:
             workers = 1
             group.create_task(worker(group))

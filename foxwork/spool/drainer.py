@@ -4,10 +4,11 @@ awaited at once.
 Spooled messages are published in the order they were spooled, on one channel, up to
 `window` of them waiting for their confirms at once (the broker keeps a channel's order);
 they are acked off the spool in that order, each once it and every message before it were
-confirmed. A publish that fails is tried again, from the oldest message not confirmed
-(messages behind it that were confirmed meanwhile are sent again: duplicates, never gaps),
-alone until it is confirmed, then the window opens again: after the reconnect when the
-connection is down, else after a backoff (0.2 s doubling to 5 s). A message the broker
+confirmed. Once a publish fails no more are started, and it is tried again, from the
+oldest message not confirmed (messages behind it that were confirmed meanwhile are sent
+again: duplicates, never gaps), alone until it is confirmed, then the window opens again:
+after the reconnect when the connection is down, else after a backoff (0.2 s doubling to
+5 s). A message the broker
 keeps refusing (unroutable: no queue bound for its routing key) therefore holds up the
 ones behind it; each failed attempt is logged with the reason, and `last_error` keeps it,
 for `foxwork spool status` and `drain`. (Messages in flight behind a refused one may reach
@@ -143,19 +144,34 @@ class Drainer:
         is empty (`until_empty`), a publish fails, or (with a window of 1) one is
         confirmed. Returns `_EMPTY`, `_CONFIRMED` or `_Failed`.
 
-        Publishes leave in the order they are started only if none of them waits before
-        it is written (for a channel to open, or for its exchange to be checked): so the
-        first publish of each pump, and the first to each exchange, goes alone.
+        The publishes reach the broker in the order they are started: the backend keeps
+        that order, also for those that wait for it to open a channel or check an exchange.
+        Once one of them failed, no more are started: the pump ends at the oldest failed
+        one, and what would follow it now would reach the broker ahead of it.
         """
         in_flight: collections.deque[tuple[SpooledMessage, asyncio.Task[None]]] = (
             collections.deque()
         )
         waiting: collections.deque[SpooledMessage] = collections.deque()
-        ready: set[str] = set()  # exchanges a publish of this pump was confirmed to
+        failed = False
+
+        async def publish(message: SpooledMessage) -> None:
+            nonlocal failed
+            try:
+                await self.backend.publish(
+                    message.routing_key,
+                    message.body,
+                    message.properties,
+                    exchange=message.exchange,
+                )
+            except BaseException:
+                failed = True
+                raise
+
         self.spool.rewind()  # what was handed out and not acked goes again
         try:
             while True:
-                while len(in_flight) < window:
+                while len(in_flight) < window and not failed:
                     if not waiting:
                         room = window - len(in_flight)
                         waiting.extend(await self.spool.read_ahead(room, wait=False))
@@ -165,10 +181,10 @@ class Drainer:
                             if until_empty and not self.spool.depth:
                                 return _EMPTY
                             waiting.extend(await self.spool.read_ahead(room))
-                    if in_flight and waiting[0].exchange not in ready:
-                        break  # it goes alone, once those in flight are confirmed
+                        if failed:
+                            break  # while reading
                     message = waiting.popleft()
-                    in_flight.append((message, asyncio.ensure_future(self._publish(message))))
+                    in_flight.append((message, asyncio.ensure_future(publish(message))))
                 await asyncio.wait([in_flight[0][1]])
                 confirmed = 0
                 while in_flight and in_flight[0][1].done():
@@ -181,7 +197,6 @@ class Drainer:
                             await self._acked(confirmed)
                         return _Failed(message, error)
                     in_flight.popleft()
-                    ready.add(message.exchange)
                     confirmed += 1
                 if confirmed:
                     await self._acked(confirmed)
@@ -198,11 +213,6 @@ class Drainer:
         await self.spool.ack(count)
         self.sent += count
         self.last_error = None
-
-    async def _publish(self, message: SpooledMessage) -> None:
-        await self.backend.publish(
-            message.routing_key, message.body, message.properties, exchange=message.exchange
-        )
 
     @staticmethod
     async def _settle(tasks: list[asyncio.Task[None]]) -> None:

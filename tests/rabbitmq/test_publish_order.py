@@ -1,5 +1,6 @@
 """Publishes started in order reach the queue in that order, also those that wait for the
-backend to open its publisher channel, or to check an exchange it has not published to yet.
+backend to open its publisher channel, or to check an exchange it has not published to yet;
+and so do `Publisher.publish_many` and the spool drainer, which start many at once.
 
 The publishes are started as tasks, in order: all at once, or half of them, then the rest
 as soon as the channel is open (or the exchange checked), while most of the first half are
@@ -12,11 +13,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
+from foxwork import OutboundMessage, Publisher, SpoolConfig
 from foxwork.backends.rabbitmq import RabbitMQBackend
 from foxwork.message import MessageProperties
+from foxwork.spool import Drainer, Spool
+from tests.harness.rabbitmq import find_free_port
 
 from .support import RabbitProbe
 
@@ -107,4 +112,47 @@ async def test_publishes_to_an_exchange_not_used_yet_reach_the_queue_in_order(
     await publish_in_order(publish, rest_once=exchange_checked if later else None)
 
     # Then the queue holds them in that order
+    assert await numbers_in(probe, queue_name) == list(range(COUNT))
+
+
+async def test_publish_many_to_an_exchange_not_used_yet_keeps_the_order_given(
+    backend: RabbitMQBackend, probe: RabbitProbe, queue_name: str, exchange: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    # Given a publisher with a spool (not opened yet) over a backend that has not published
+    publisher = Publisher(backend, spool=SpoolConfig(directory=tmp_path))
+    items = [OutboundMessage(n, routing_key=queue_name, exchange=exchange) for n in range(COUNT)]
+
+    # When the items are published at once, many confirms awaited together
+    try:
+        outcomes = await publisher.publish_many(items, max_in_flight=100)
+    finally:
+        await publisher.close()
+
+    # Then each went straight to the broker, and the queue holds them in the order given
+    assert all(outcome.confirmed for outcome in outcomes), outcomes[:3]
+    assert await numbers_in(probe, queue_name) == list(range(COUNT))
+
+
+async def test_the_drainer_replays_to_an_exchange_not_used_yet_in_spool_order(
+    backend: RabbitMQBackend, probe: RabbitProbe, queue_name: str, exchange: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    # Given messages for `exchange` spooled while no broker could be reached
+    config = SpoolConfig(directory=tmp_path)
+    unreachable = f"amqp://guest:guest@127.0.0.1:{find_free_port()}/"
+    async with await Publisher.connect(unreachable, spool=config) as offline:
+        items = [
+            OutboundMessage(n, routing_key=queue_name, exchange=exchange) for n in range(COUNT)
+        ]
+        assert all(outcome.spooled for outcome in await offline.publish_many(items))
+
+    # When a drainer replays them through a backend that has not published yet
+    spool = await Spool.open(config)
+    try:
+        assert await asyncio.wait_for(Drainer(spool, backend).drain(), 30) == COUNT
+    finally:
+        await spool.close()
+
+    # Then the queue holds them in the order they were spooled
     assert await numbers_in(probe, queue_name) == list(range(COUNT))
