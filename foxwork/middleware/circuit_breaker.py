@@ -258,19 +258,27 @@ class CircuitBreakerMiddleware:
         # per delivery, across every hold and failed probe).
         deadline: float | None = None
         while True:
-            if deadline is None and self._state is not CircuitState.CLOSED:
-                deadline = asyncio.get_running_loop().time() + self.max_hold
-            try:
-                probe, generation = await self._admit(deadline)
-            except _Released as released:
-                logger.info(
-                    "message %s held by the open circuit goes back to its queue (%s)",
-                    message.id,
-                    released,
-                )
-                await message.nack(requeue=True)
-                return
-            token = probing.set(self.is_failure if probe else None)
+            if self._state is CircuitState.CLOSED:
+                # The common case, without a coroutine: what `_admit` returns when CLOSED.
+                probe, generation = False, self._generation
+            else:
+                if deadline is None:
+                    deadline = asyncio.get_running_loop().time() + self.max_hold
+                try:
+                    probe, generation = await self._admit(deadline)
+                except _Released as released:
+                    logger.info(
+                        "message %s held by the open circuit goes back to its queue (%s)",
+                        message.id,
+                        released,
+                    )
+                    await message.nack(requeue=True)
+                    return
+            # Set for a probe, and cleared under an outer breaker's probe; otherwise it is
+            # None already and stays so.
+            token = None
+            if probe or probing.get() is not None:
+                token = probing.set(self.is_failure if probe else None)
             try:
                 await call_next(message)
             except Exception as exc:
@@ -293,7 +301,8 @@ class CircuitBreakerMiddleware:
                 self._record(generation, probe=probe, failure=False)
                 return
             finally:
-                probing.reset(token)
+                if token is not None:
+                    probing.reset(token)
 
     async def _admit(self, deadline: float | None) -> tuple[bool, int]:
         """Wait until this message may run. Returns whether it runs as a HALF_OPEN probe,

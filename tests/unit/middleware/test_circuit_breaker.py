@@ -390,6 +390,30 @@ async def test_a_retry_layer_inside_leaves_a_failed_probe_to_the_breaker() -> No
     assert not holds_failed_probe(Unavailable())
 
 
+async def test_a_closed_breaker_inside_a_probe_clears_the_probe_for_the_layers_inside_it() -> None:
+    # Given a half-open outer breaker whose probe runs through a closed inner breaker
+    outer = CircuitBreakerMiddleware(failure_threshold=1, recovery_timeout=0.05)
+    inner = CircuitBreakerMiddleware(failure_threshold=5)
+    await trip(outer)
+    seen: list[tuple[str, bool]] = []
+
+    async def between(message: Message[Any]) -> None:
+        seen.append(("between", holds_failed_probe(Unavailable())))
+        await inner(message, dependency)
+        seen.append(("after", holds_failed_probe(Unavailable())))
+
+    async def dependency(message: Message[Any]) -> None:
+        seen.append(("inside", holds_failed_probe(Unavailable())))
+
+    # When the probe runs
+    await asyncio.wait_for(outer(make_message(), between), WAIT)
+
+    # Then only the layers between the breakers run the outer probe; inside the closed
+    # inner breaker nothing is a probe, and the outer probe is back after it
+    assert seen == [("between", True), ("inside", False), ("after", True)]
+    assert not holds_failed_probe(Unavailable())
+
+
 # -- observation -------------------------------------------------------------------------
 
 
