@@ -3,13 +3,16 @@
 A fresh queue is declared as foxwork declares it and given one message; then
 `foxwork run benchmarks.startup:make_pool --url URL` is spawned. Its pool (the standard
 middleware chain) prints a marker line on stdout when its worker processes that message;
-the time from spawn to the line is one measurement. Then the process gets SIGTERM and
-shuts down. Reported: median, min and max over `--runs`, next to the time Python takes to
-start and `import foxwork.cli` alone (`python -c "import foxwork.cli"`, spawn to exit),
+the time from spawn to the line is one measurement, with the CPU time the process had used
+by then (from /proc: less disturbed than wall time when other work shares the CPUs). Then
+the process gets SIGTERM and shuts down. Reported: median, min and max over `--runs`, next
+to the time Python takes to start and `import foxwork.cli` alone
+(`python -c "import foxwork.cli"`, spawn to exit),
 and the top imports by cumulative time from `python -X importtime -c "import foxwork.cli"`.
 
 This module is imported by `foxwork run` itself, so it imports nothing at module level
-beyond the standard library: what is measured is foxwork's start-up, not the benchmark's.
+beyond the lighter part of the standard library: what is measured is foxwork's start-up,
+not the benchmark's.
 
 Usage:
     python -m benchmarks.startup [--runs 10] [--top 15] [--url URL] [--quick]
@@ -23,7 +26,6 @@ import argparse
 import asyncio
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -72,7 +74,7 @@ async def one_run(url: str, queue: str) -> dict[str, Any]:
         stderr=asyncio.subprocess.PIPE,
     )
     assert process.stdout is not None
-    seconds = None
+    seconds = cpu_seconds = None
     try:
         while True:
             line = await asyncio.wait_for(process.stdout.readline(), RUN_TIMEOUT)
@@ -80,6 +82,7 @@ async def one_run(url: str, queue: str) -> dict[str, Any]:
                 break
             if MARKER in line.decode(errors="replace"):
                 seconds = time.perf_counter() - began
+                cpu_seconds = _cpu_seconds(process.pid)
                 break
     except TimeoutError:
         pass
@@ -91,11 +94,27 @@ async def one_run(url: str, queue: str) -> dict[str, Any]:
         except TimeoutError:
             process.kill()
             _, stderr = await process.communicate()
-    result: dict[str, Any] = {"seconds": seconds, "exit_status": process.returncode}
+    result: dict[str, Any] = {
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "exit_status": process.returncode,
+    }
     if seconds is None:
         tail = stderr.decode(errors="replace").strip().splitlines()[-10:]
         result["error"] = "no marker line; stderr:\n" + "\n".join(tail)
     return result
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User and system CPU seconds process `pid` has used so far (None without /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Fields after the command name in parentheses, which may hold spaces: utime and stime
+    # are the 14th and 15th fields of the line.
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def import_seconds() -> float:
@@ -166,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.runs < 1 or args.top < 0:
         parser.error("--runs must be at least 1 and --top at least 0")
 
+    import statistics
+
     from . import _support as s
 
     import_seconds()  # once untimed, so that every later run finds the bytecode cached
@@ -182,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = asyncio.run(bench(args, broker.url))
     meta["machine_after"] = s.machine()
     times = [r["seconds"] for r in data["runs"] if r["seconds"] is not None]
+    cpu = [r["cpu_seconds"] for r in data["runs"] if r.get("cpu_seconds") is not None]
     data = {
         "meta": meta,
         "summary": {
@@ -190,6 +212,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "min": min(times, default=None),
                 "max": max(times, default=None),
                 "stdev": statistics.stdev(times) if len(times) > 1 else None,
+            },
+            "first_message_cpu_s": {
+                "median": s.median(cpu),
+                "min": min(cpu, default=None),
+                "max": max(cpu, default=None),
             },
             "import_foxwork_cli_s": {
                 "median": s.median(imports),
@@ -207,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     rows = [
         ["foxwork run: spawn → first message processed", *_cells(times)],
+        ["  CPU time used by then (user + system)", *_cells(cpu)],
         ['python -c "import foxwork.cli": spawn → exit', *_cells(imports)],
     ]
     print(s.table(["", "median s", "min s", "max s"], rows))
@@ -231,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _cells(values: Sequence[float]) -> list[str]:
+    import statistics
+
     if not values:
         return ["failed", "", ""]
     return [f"{statistics.median(values):.3f}", f"{min(values):.3f}", f"{max(values):.3f}"]
