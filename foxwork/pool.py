@@ -199,6 +199,10 @@ class WorkerPool:
         self._chain: CallNext = build_chain(self.middleware, self._endpoint, pool=self)
         self._stats = [_WorkerStats() for _ in self.workers]
         self._in_flight_counts = [0] * len(self.workers)
+        # Each worker's done-callback for its message tasks, made once rather than per message.
+        self._task_done_for = tuple(
+            functools.partial(self._task_done, index) for index in range(len(self.workers))
+        )
         self._pick = make_picker(strategy, self._in_flight_counts)
         self._state = PoolState.CREATED
         self._backend: Backend | None = None
@@ -377,7 +381,7 @@ class WorkerPool:
         message.worker_id = worker.id
         task = asyncio.create_task(self._process(message, index))
         self._tasks.add(task)
-        task.add_done_callback(functools.partial(self._task_done, index))
+        task.add_done_callback(self._task_done_for[index])
 
     def _task_done(self, index: int, task: asyncio.Task[None]) -> None:
         # A done-callback, not a `finally`: a task cancelled before it ever ran still
