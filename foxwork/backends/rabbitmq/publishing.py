@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import aiormq
 from aiormq.abc import AbstractChannel as RawChannel
@@ -98,22 +97,19 @@ class PublisherChannels:
         """Drop every channel (they died with their connection)."""
         self._lanes.clear()
 
-    @contextlib.asynccontextmanager
-    async def channel_for(self, message_id: str | None) -> AsyncIterator[RawChannel]:
+    def channel_for(self, message_id: str | None) -> _Reservation:
         """A channel with no publish of `message_id` in flight, reserved for it until the
-        block exits (after the broker answered, or the publish failed).
+        `async with` block exits (after the broker answered, or the publish failed).
 
         Without a message id aiormq gives the publish a random one: any channel will do.
         """
-        lane = await self._acquire(message_id)
-        try:
-            yield lane.channel
-        finally:
-            if message_id:
-                lane.in_flight.discard(message_id)
-                freed = self._freed.pop(message_id, None)
-                if freed is not None and not freed.done():
-                    freed.set_result(None)
+        return _Reservation(self, message_id)
+
+    def _release(self, lane: _Lane, message_id: str) -> None:
+        lane.in_flight.discard(message_id)
+        freed = self._freed.pop(message_id, None)
+        if freed is not None and not freed.done():
+            freed.set_result(None)
 
     def _free_lane(self, message_id: str | None) -> _Lane | None:
         for lane in self._lanes:
@@ -155,6 +151,26 @@ class PublisherChannels:
                 lane = _Lane(await self._open_channel())
                 self._lanes.append(lane)
             return lane
+
+
+class _Reservation:
+    """`async with channels.channel_for(message_id) as channel:` (a class rather than a
+    generator: this is on the path of every publish)."""
+
+    __slots__ = ("_channels", "_lane", "_message_id")
+    _lane: _Lane
+
+    def __init__(self, channels: PublisherChannels, message_id: str | None) -> None:
+        self._channels = channels
+        self._message_id = message_id
+
+    async def __aenter__(self) -> RawChannel:
+        self._lane = await self._channels._acquire(self._message_id)
+        return self._lane.channel
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._message_id:
+            self._channels._release(self._lane, self._message_id)
 
 
 class RefusedCopies:
