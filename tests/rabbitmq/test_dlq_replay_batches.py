@@ -5,11 +5,13 @@ confirmed."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 
 import pytest
 
+from foxwork.backends.rabbitmq import dlq as dlq_module
 from foxwork.backends.rabbitmq import replay as replay_module
 from foxwork.backends.rabbitmq.dlq import DeadLetterQueue
 
@@ -87,3 +89,26 @@ async def test_a_copy_returned_in_a_batch_fails_alone_and_its_neighbours_are_rep
     assert (result.replayed, result.failed, result.stopped) == (replayed, returned, "")
     assert [m.message_id for m in await probe.take(queues.queue)] == replayed
     assert [m.message_id for m in await probe.take(queues.dlq)] == returned
+
+
+async def test_leaving_a_listing_while_the_next_window_arrives_hands_every_dead_letter_back(
+    queues: Queues, probe: RabbitProbe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given 300 dead letters, read in windows of 64 (the next received while one is handed on)
+    monkeypatch.setattr(dlq_module, "_BROWSE_WINDOW", 64)
+    ids = [f"dl-{n:03}" for n in range(300)]
+    await put_dead_letters(queues.url, queues.dlq, *(dead_letter(queues.queue, i) for i in ids))
+
+    # When a user leaves the listing in the middle of the second window
+    seen: list[str] = []
+    async with DeadLetterQueue(queues.url, queues.queue) as dlq:
+        async with contextlib.aclosing(dlq.iter_letters()) as letters:
+            async for letter in letters:
+                seen.append(letter.id)
+                if len(seen) == 100:
+                    break
+        # Then the listing gave the first 100 in order, and every dead letter is back in
+        # the DLQ, in order (the window being received was dropped with its consumer)
+        assert seen == ids[:100]
+        assert await dlq.count() == 300
+    assert [m.message_id for m in await probe.peek(queues.dlq)] == ids

@@ -53,8 +53,9 @@ logger = logging.getLogger("foxwork.dlq")
 __all__ = ["DeadLetterInfo", "DeadLetterQueue", "ReplayResult"]
 
 #: Dead letters a browse asks the broker for at once (the consumer's prefetch): a window
-#: costs two round trips (consume, cancel) instead of one per dead letter.
-_BROWSE_WINDOW = 500
+#: costs three round trips (qos, consume, cancel) instead of one per dead letter, and the
+#: next is received while one is handed on (two windows in memory at most).
+_BROWSE_WINDOW = 1_000
 #: Seconds a browse waits for the next dead letter of a window before it looks whether
 #: any is left to read (another client may have taken the rest).
 _BROWSE_IDLE = 2.0
@@ -236,25 +237,38 @@ class DeadLetterQueue:
 
         They come a window at a time: a consumer with a prefetch of the window receives
         that many and is cancelled, and the next one, with the window's dead letters still
-        held, receives the next. Never more than `count` are handed out. Closing `channel`
-        puts every message not acked back in its place.
+        held, receives the next, while the window is handed on. Never more than `count`
+        are received. Closing `channel` puts every message not acked back in its place.
         """
+        size = min(window, count)
         received = 0
-        while received < count:
-            size = min(window, count - received)
-            got = 0
-            async for message in self._window(channel, queue, size):
-                got += 1
-                yield message
-            received += got
-            if got < size:
-                return
+        receiving = asyncio.ensure_future(self._window(channel, queue, size)) if size else None
+        try:
+            while receiving is not None:
+                messages = await receiving
+                receiving = None
+                received += len(messages)
+                following = min(window, count - received)
+                if len(messages) == size and following > 0:
+                    # Received while this window is handed on: the next consumer counts
+                    # only its own deliveries against its prefetch, so acks of this window
+                    # (a replay's) do not let the broker send it one past its own.
+                    receiving = asyncio.ensure_future(self._window(channel, queue, following))
+                size = following
+                while messages:
+                    yield messages.popleft()
+        finally:
+            if receiving is not None:
+                receiving.cancel()
+                # Its consumer is cancelled; what it received goes back with the channel.
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await receiving
 
     async def _window(
         self, channel: AbstractChannel, queue: AbstractQueue, size: int
-    ) -> AsyncGenerator[AbstractIncomingMessage]:
+    ) -> collections.deque[AbstractIncomingMessage]:
         """One window: up to `size` dead letters, fewer only when none is left ready; all
-        received before the first is handed on."""
+        received before it is handed on."""
         arrived: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
 
         async def deliver(message: DeliveredMessage) -> None:
@@ -282,8 +296,7 @@ class DeadLetterQueue:
             # next consumer starts after them); a channel already gone dropped them.
             with contextlib.suppress(*TRANSPORT_ERRORS):
                 await underlay.basic_cancel(tag)
-        while window:
-            yield window.popleft()
+        return window
 
     async def _next(
         self, channel: AbstractChannel, arrived: asyncio.Queue[AbstractIncomingMessage]
