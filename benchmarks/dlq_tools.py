@@ -2,9 +2,11 @@
 `foxwork dlq list` of a 1,000,000-message DLQ, as subprocesses on a real broker.
 
 The queue and its DLQ are declared as foxwork declares them; the DLQ is filled fast with
-raw aio-pika publishes (persistent, confirms gathered 1,000 at a time) carrying the headers
-of a foxwork dead letter (`foxwork.wire.dead_letter_headers`: original routing key,
-exchange and queue, reason, exception type, final attempt, failed at).
+persistent messages published straight to `Q-dlq` in batches of `FILL_BATCH` (one write
+each, as a replay publishes its copies), `FILL_IN_FLIGHT` batches with confirms
+outstanding, carrying the headers of a foxwork dead letter
+(`foxwork.wire.dead_letter_headers`: original routing key, exchange and queue, reason,
+exception type, final attempt, failed at).
 
 - replay: `foxwork dlq replay Q --url URL --all`: wall time from spawn to exit (start-up
   included), msgs/s, the peak RSS of the process; afterwards the main queue must hold every
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import signal
 import sys
@@ -38,9 +41,11 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import aiormq
 
 from foxwork import wire
 from foxwork.backends.rabbitmq import RabbitMQConsumerConfig
+from foxwork.backends.rabbitmq._batch import publish_batch
 from foxwork.backends.rabbitmq.topology import Topology
 
 from . import _support as s
@@ -53,6 +58,10 @@ QUICK = {"replay": 2_000, "list": 20_000, "rounds": 1}
 SAMPLE_EVERY = 0.1
 TARGET_REPLAY_RATE = 5_000.0
 TARGET_LIST_GROWTH_MIB = 50.0
+#: Dead letters published in one write when filling a DLQ.
+FILL_BATCH = 500
+#: Batches with confirms outstanding while filling (FILL_BATCH times this messages).
+FILL_IN_FLIGHT = 10
 #: The failure every dead letter reports.
 REASON = "ValueError: unknown SKU"
 
@@ -70,26 +79,30 @@ async def fill_dlq(channel: aio_pika.abc.AbstractChannel, queue: str, count: int
         {}, routing_key=queue, exchange="", queue=queue, reason=REASON, final_attempt=5
     )
     headers[wire.EXCEPTION_TYPE] = "builtins.ValueError"
+    publishing = await channel.get_underlay_channel()
+    in_flight: collections.deque[list[asyncio.Future[Any]]] = collections.deque()
     began = time.perf_counter()
-    exchange = channel.default_exchange
-    for first in range(0, count, s.PUBLISH_BATCH):
+    for first in range(0, count, FILL_BATCH):
         if first and first % s.PROGRESS_EVERY == 0:
             s.log(f"  dead letters published: {first:,} of {count:,}")
-        await asyncio.gather(
-            *(
-                exchange.publish(
-                    aio_pika.Message(
-                        s.make_body(n),
-                        content_type="application/json",
-                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                        message_id=f"dead-{n}",
-                        headers=headers,
-                    ),
-                    routing_key=dlq,
-                )
-                for n in range(first, min(first + s.PUBLISH_BATCH, count))
+        batch = [
+            (
+                dlq,
+                s.make_body(n),
+                aiormq.spec.Basic.Properties(
+                    content_type="application/json",
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT.value,
+                    message_id=f"dead-{n}",
+                    headers=headers,
+                ),
             )
-        )
+            for n in range(first, min(first + FILL_BATCH, count))
+        ]
+        in_flight.append(await publish_batch(publishing, batch))
+        if len(in_flight) >= FILL_IN_FLIGHT:
+            await asyncio.gather(*in_flight.popleft())
+    while in_flight:
+        await asyncio.gather(*in_flight.popleft())
     elapsed = time.perf_counter() - began
     ready = await s.ready_count(channel, dlq)
     if ready != count:
