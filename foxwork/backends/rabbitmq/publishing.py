@@ -13,6 +13,8 @@ Publishes that find no channel open wait for one in the order they came, and a p
 arrives while any of them still waits queues behind them, even once the channel is open:
 the broker receives them in the order they were started (aiormq keeps a channel's publishes
 in order from there). With a channel open and nobody waiting, a publish takes it at once.
+Only a publish whose id is in flight on every channel lets others pass while it waits for
+one of them to finish (the copies of one message are on different channels anyway).
 
 A copy the broker refuses every time (for a property it validates, say) would send its
 original back to the queue at once, forever. `RefusedCopies` counts refusals per message,
