@@ -398,12 +398,17 @@ class DeadLetterQueue:
     ) -> ReplayResult:
         """Publish chosen dead letters back to their queue, confirmed, then remove them.
 
-        The DLQ is read oldest first, one dead letter at a time, and each chosen one is
-        replayed before the next is read: the replay holds in memory only the dead letter
-        at hand, and stops reading once `limit` is reached. The dead letters it passes
-        over stay in the DLQ, in order. Waiting on the rate limit, it does not keep the
-        next dead letter checked out, nor (past a few minutes) those it passed over, so a
-        slow replay is not cut off by the broker's acknowledgement timeout.
+        Without a rate limit, the DLQ is read oldest first a window at a time, the copies
+        go out in batches (one write each) with up to a few hundred confirms outstanding,
+        and each dead letter is removed once its own copy is confirmed (runs of them with
+        one `basic.ack`, `multiple` set, while no dead letter left in place is held): the
+        replay holds at most two windows in memory, and reads no further than `limit`
+        when there is no filter. With a rate limit, it reads and replays one dead letter
+        at a time. The dead letters it passes over stay in the DLQ, in order. Waiting on
+        the rate limit, it does not keep the next dead letter checked out, nor (past a
+        few minutes) those it passed over, so a slow replay is not cut off by the
+        broker's acknowledgement timeout. Interrupted, it may leave a dead letter whose
+        copy was confirmed in the DLQ as well (at least once, never lost).
 
         A copy the broker refuses, or that is not confirmed, counts as failed and its dead
         letter stays; when the broker closes the publishing channel, the replay opens
