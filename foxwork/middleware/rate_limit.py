@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
+
+from aiolimiter import AsyncLimiter
 
 from .._checks import is_count, is_finite
 from ..errors import ConfigurationError
 from ..message import Message
 from .base import CallNext, StoppedPools, pool_key
 
-__all__ = ["LeakyBucket", "RateLimitMiddleware"]
+__all__ = ["RateLimitMiddleware"]
 
 logger = logging.getLogger("foxwork.rate_limit")
 
@@ -22,68 +23,10 @@ logger = logging.getLogger("foxwork.rate_limit")
 DEFAULT_MAX_KEYS = 10_000
 
 
-class LeakyBucket:
-    """A leaky bucket: up to `burst` takes at once, then `rate` per second.
-
-    `try_take()` is the message's fast path: one clock read and a few float operations, no
-    coroutine; it never overtakes a waiter. `take()` waits for room; waiters are served in
-    arrival order (one at a time sleeps until the bucket has room for it). A cancelled
-    `take()` takes nothing. Uses the monotonic clock of asyncio's own event loop.
-    """
-
-    __slots__ = ("_last", "_level", "_lock", "_waiters", "burst", "rate")
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self._level = 0.0
-        self._last = 0.0
-        self._waiters = 0
-        self._lock = asyncio.Lock()
-
-    def __repr__(self) -> str:
-        return f"<LeakyBucket rate={self.rate:g} burst={self.burst:g} level={self._level:.3g}>"
-
-    def _leak(self) -> float:
-        # Drains the bucket for the time since the last look; returns its level now.
-        now = time.monotonic()
-        level = self._level
-        if level:
-            level = self._level = max(0.0, level - (now - self._last) * self.rate)
-        self._last = now
-        return level
-
-    def has_capacity(self) -> bool:
-        """True when one more take would pass at once."""
-        return self._leak() + 1.0 <= self.burst
-
-    def try_take(self) -> bool:
-        """Take one now if there is room and nobody waits; False (nothing taken) if not."""
-        if self._waiters or self._leak() + 1.0 > self.burst:
-            return False
-        self._level += 1.0
-        return True
-
-    async def take(self) -> None:
-        """Take one, waiting for room behind the takes that wait already."""
-        self._waiters += 1
-        try:
-            async with self._lock:
-                excess = self._leak() + 1.0 - self.burst
-                if excess > 0:
-                    # Until the bucket has drained `excess` (nobody else takes meanwhile:
-                    # the fast path gives way to waiters).
-                    await asyncio.sleep(excess / self.rate)
-                    self._leak()
-                self._level += 1.0
-        finally:
-            self._waiters -= 1
-
-
 class RateLimitMiddleware:
     """Let at most `rate` messages per second through, after an initial `burst`.
 
-    A leaky bucket (`LeakyBucket`): up to `burst` messages pass at once, then they pass at
+    A leaky bucket (aiolimiter): up to `burst` messages pass at once, then they pass at
     `rate` per second. An over-limit message waits in this layer; it is never failed,
     settled or retried. A waiting message keeps its pool concurrency slot, so a sustained
     excess pauses intake (prefetch backpressure) instead of piling up in memory. When the
@@ -147,7 +90,7 @@ class RateLimitMiddleware:
         self.key = key
         self.max_keys = max_keys
         self._limiter = self._new_limiter()
-        self._limiters: collections.OrderedDict[str, LeakyBucket] = collections.OrderedDict()
+        self._limiters: collections.OrderedDict[str, AsyncLimiter] = collections.OrderedDict()
         # The tasks of messages waiting for the limit, with their pool's key; and those
         # cancelled by `shutdown()` to hand their message back (not by anyone else).
         self._waiting: dict[asyncio.Task[Any], object] = {}
@@ -158,15 +101,17 @@ class RateLimitMiddleware:
         keyed = ", key=..." if self.key is not None else ""
         return f"RateLimitMiddleware(rate={self.rate:g}, burst={self.burst:g}{keyed})"
 
-    def _new_limiter(self) -> LeakyBucket:
-        return LeakyBucket(self.rate, self.burst)
+    def _new_limiter(self) -> AsyncLimiter:
+        # `burst` messages per `burst / rate` seconds: `rate` per second sustained, and a
+        # bucket that holds `burst`.
+        return AsyncLimiter(max_rate=self.burst, time_period=self.burst / self.rate)
 
     @property
     def key_count(self) -> int:
         """Per-key limiters held now (at most `max_keys`)."""
         return len(self._limiters)
 
-    def limiter_for(self, key: str | None = None) -> LeakyBucket:
+    def limiter_for(self, key: str | None = None) -> AsyncLimiter:
         """The limiter of `key` (created on first use), or the global one for None."""
         if key is None or self.key is None:
             return self._limiter
@@ -194,8 +139,11 @@ class RateLimitMiddleware:
                 task.cancel()
 
     async def __call__(self, message: Message[Any], call_next: CallNext) -> None:
-        limiter = self._limiter if self.key is None else self.limiter_for(self.key(message))
-        if not limiter.try_take() and not await self._wait(limiter):
+        key = self.key(message) if self.key is not None else None
+        limiter = self.limiter_for(key)
+        if limiter.has_capacity():
+            await limiter.acquire()  # takes its share of the bucket without waiting
+        elif not await self._wait(limiter):
             logger.info(
                 "message %s waiting for the rate limit goes back to its queue (the pool is "
                 "shutting down)",
@@ -205,7 +153,7 @@ class RateLimitMiddleware:
             return
         await call_next(message)
 
-    async def _wait(self, limiter: LeakyBucket) -> bool:
+    async def _wait(self, limiter: AsyncLimiter) -> bool:
         """Wait for the limit; False when the message's pool stopped meanwhile."""
         if self._stopped.stopping():
             return False
@@ -213,7 +161,7 @@ class RateLimitMiddleware:
         assert task is not None
         self._waiting[task] = pool_key()
         try:
-            await limiter.take()
+            await limiter.acquire()
         except asyncio.CancelledError:
             if task not in self._released or task.uncancel() > 0:
                 # Cancelled by someone else too (the shutdown deadline): propagate.

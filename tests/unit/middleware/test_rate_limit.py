@@ -12,7 +12,6 @@ import pytest
 from foxwork import ConfigurationError, Message, SettleState
 from foxwork.backends import MemoryBackend
 from foxwork.middleware import AckNackMiddleware, RateLimitMiddleware
-from foxwork.middleware.rate_limit import LeakyBucket
 from tests.conftest import PoolFactory, run_until_idle
 
 from ..helpers import RecordingWorker, eventually, make_message
@@ -208,45 +207,3 @@ async def test_a_pool_stopping_leaves_another_pools_waiting_messages_waiting(
     assert pool_b.in_flight == 1
     assert memory_backend.messages(queue_b) == []
     assert worker_b.payloads == []
-
-
-async def test_the_bucket_passes_its_burst_at_once_then_serves_waiters_in_arrival_order() -> None:
-    # Given a bucket of 2 at 50/s, emptied by its burst
-    bucket = LeakyBucket(rate=50, burst=2)
-    assert bucket.try_take() and bucket.try_take()
-    assert not bucket.try_take()
-
-    # When three takes wait, and a fast-path take comes while they wait
-    order: list[int] = []
-
-    async def take(number: int) -> None:
-        await bucket.take()
-        order.append(number)
-
-    waiting = [asyncio.create_task(take(number)) for number in range(3)]
-    await asyncio.sleep(0)
-    overtaking = bucket.try_take()
-    started = time.monotonic()
-    await asyncio.gather(*waiting)
-
-    # Then the waiters pass in order, about 1/50 s apart, and nobody overtook them
-    assert order == [0, 1, 2]
-    assert not overtaking
-    assert time.monotonic() - started >= 0.05
-
-
-async def test_a_cancelled_take_takes_nothing() -> None:
-    # Given an empty bucket of 1 at 20/s, and a take waiting for it
-    bucket = LeakyBucket(rate=20, burst=1)
-    assert bucket.try_take()
-    waiter = asyncio.create_task(bucket.take())
-    await asyncio.sleep(0)
-
-    # When the waiting take is cancelled
-    waiter.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await waiter
-
-    # Then the next take finds the room the cancelled one would have had: after 1/20 s
-    await asyncio.sleep(0.06)
-    assert bucket.try_take()
