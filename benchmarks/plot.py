@@ -22,6 +22,8 @@ from . import _support as s
 
 LABELS = {
     "raw_aiopika": "raw aio-pika",
+    "raw_aiopika_multi": "raw aio-pika\n(multiple acks)",
+    "raw_aiopika_otel": "raw aio-pika\n(+ telemetry)",
     "foxwork_bare": "foxwork\n(bare pool)",
     "foxwork_full": "foxwork\n(full chain)",
     "faststream_sub": "FastStream\n(no access log)",
@@ -29,6 +31,8 @@ LABELS = {
 }
 COLOURS = {
     "raw_aiopika": "#8c8c8c",
+    "raw_aiopika_multi": "#a6a6a6",
+    "raw_aiopika_otel": "#666666",
     "foxwork_bare": "#e8743b",
     "foxwork_full": "#c4501b",
     "faststream_sub": "#3b7dd8",

@@ -45,7 +45,14 @@ CANDIDATES: dict[str, tuple[str, tuple[str, ...]]] = {
     "foxwork_bare_uvloop": ("foxwork_bare", ("--loop", "uvloop")),
     "foxwork_full_uvloop": ("foxwork_full", ("--loop", "uvloop")),
 }
-DEFAULT_CANDIDATES = ("raw_aiopika", "foxwork_bare", "foxwork_full", "faststream_sub")
+DEFAULT_CANDIDATES = (
+    "raw_aiopika",
+    "raw_aiopika_multi",
+    "raw_aiopika_otel",
+    "foxwork_bare",
+    "foxwork_full",
+    "faststream_sub",
+)
 #: The candidate every other is compared with, within each round.
 BASELINE = "raw_aiopika"
 DEFAULT_MESSAGES = 50_000
@@ -291,6 +298,15 @@ def run(args: argparse.Namespace, names: Sequence[str], broker: s.Broker) -> dic
         f"{data['meta']['rabbitmq']} on {data['meta']['machine_before']['cpus']} CPUs"
     )
     print(render(data["summary"]))
+    # Against the other hand-written baselines, when they ran: the same telemetry written
+    # by hand, and the best hand-tuned acks.
+    from .compare_otel import MULTI_CANDIDATE, OTEL_CANDIDATE, ratios, render_ratios
+
+    if OTEL_CANDIDATE in names and MULTI_CANDIDATE in names:
+        data["ratio_to_raw_otel"] = ratios(data["runs"], names, OTEL_CANDIDATE)
+        data["ratio_to_raw_multi"] = ratios(data["runs"], names, MULTI_CANDIDATE)
+        print()
+        print(render_ratios(data))
     from .plot import throughput_chart
 
     s.save("throughput", data, args.output, chart=None if args.no_plot else throughput_chart)
