@@ -8,8 +8,11 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import propagate, trace
+from opentelemetry import context, propagate, trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import Getter, TextMapPropagator
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from ..errors import ConfigurationError
 from .names import INSTRUMENTATION_NAME, VERSION
@@ -103,10 +106,33 @@ def inject_context(headers: dict[str, Any]) -> dict[str, Any]:
     scope = _processing.get()
     propagator = None if scope is None else scope[1]
     if propagator is None:
-        propagate.inject(headers)
-    else:
-        propagator.inject(headers)
+        propagator = propagate.get_global_textmap()
+    if not context.get_current() and _writes_only_the_context(propagator):
+        return headers  # nothing to write: no span, no baggage (a copy outside tracing)
+    propagator.inject(headers)
     return headers
+
+
+#: Propagators that write what the current context holds and nothing else, so nothing at
+#: all from an empty context (the default ones).
+_CONTEXT_ONLY = (TraceContextTextMapPropagator, W3CBaggagePropagator)
+# The last propagator asked about, and the answer.
+_last_asked: tuple[TextMapPropagator | None, bool] = (None, False)
+
+
+def _writes_only_the_context(propagator: TextMapPropagator) -> bool:
+    global _last_asked
+    asked, answer = _last_asked
+    if asked is not propagator:
+        answer = _only_context(propagator)
+        _last_asked = (propagator, answer)
+    return answer
+
+
+def _only_context(propagator: TextMapPropagator) -> bool:
+    if type(propagator) is CompositePropagator:
+        return all(_only_context(each) for each in propagator._propagators)
+    return type(propagator) in _CONTEXT_ONLY
 
 
 # -- log correlation ------------------------------------------------------------------------

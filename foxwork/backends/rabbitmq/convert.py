@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -39,6 +41,10 @@ def copyable_user_id(user_id: str | None, user: str) -> str | None:
     return user_id if user_id == user else None
 
 
+#: Header value types pamqp encodes as they are: `encodable_headers` leaves them alone.
+_ENCODABLE = frozenset({str, int, bool, float, Decimal, datetime, bytearray, type(None)})
+
+
 def encodable_headers(value: Any) -> Any:
     """`value` with every `bytes` in it, at any depth, as `bytearray`.
 
@@ -48,10 +54,16 @@ def encodable_headers(value: Any) -> Any:
     if isinstance(value, bytes):
         return bytearray(value)
     if isinstance(value, Mapping):
-        return {k: encodable_headers(v) for k, v in value.items()}
+        return _encodable_table(value)
     if isinstance(value, list):
-        return [encodable_headers(v) for v in value]
+        return [v if type(v) in _ENCODABLE else encodable_headers(v) for v in value]
     return value
+
+
+def _encodable_table(table: Mapping[str, Any]) -> dict[str, Any]:
+    """`encodable_headers` of a table: a new dict, in which the values of the common types
+    (strings, numbers) are looked at once, not converted."""
+    return {k: v if type(v) in _ENCODABLE else encodable_headers(v) for k, v in table.items()}
 
 
 def from_amqp_properties(props: Basic.Properties) -> MessageProperties:
@@ -82,7 +94,7 @@ def to_amqp_properties(props: MessageProperties) -> Basic.Properties:
     return Basic.Properties(
         content_type=props.content_type,
         content_encoding=props.content_encoding,
-        headers=encodable_headers(props.headers) if props.headers else None,
+        headers=_encodable_table(props.headers) if props.headers else None,
         delivery_mode=props.delivery_mode,
         priority=props.priority,
         correlation_id=props.correlation_id,

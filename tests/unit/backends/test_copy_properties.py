@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from opentelemetry import baggage, context
+from opentelemetry import baggage, context, propagate
+from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -213,3 +214,27 @@ def test_a_copy_made_for_a_message_being_traced_uses_its_propagator(build: str) 
 
     assert list(props.headers)[-1] == "x-tag"
     assert props.headers["x-tag"] == "tagged"
+
+
+def test_a_copy_made_outside_a_span_carries_the_current_baggage() -> None:
+    message = message_with({"x-tenant": "acme"})
+    token = context.attach(baggage.set_baggage("tenant", "acme"))
+    try:
+        props = copy_properties(message, {"x-tenant": "acme"})
+    finally:
+        context.detach(token)
+
+    assert list(props.headers.items()) == [("x-tenant", "acme"), ("baggage", "tenant=acme")]
+
+
+def test_a_copy_made_outside_a_span_gets_what_a_global_propagator_of_its_own_writes() -> None:
+    message = message_with({"x-tenant": "acme"})
+    default = propagate.get_global_textmap()
+    propagate.set_global_textmap(CompositePropagator([TagPropagator()]))
+    try:
+        props = retry_properties(message)
+    finally:
+        propagate.set_global_textmap(default)
+
+    assert props.headers["x-tag"] == "tagged"
+    assert retry_properties(message).headers.get("x-tag") is None
