@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import math
 import traceback
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -252,15 +252,20 @@ def retry_headers(
     *,
     routing_key: str | None = None,
     exchange: str | None = None,
+    drop: Collection[str] = (),
 ) -> dict[str, Any]:
-    """Headers of a retried copy: the originals with `x-retry-attempt` set.
+    """Headers of a retried copy: the originals (but those named in `drop`) with
+    `x-retry-attempt` set, in a dict of its own.
 
     The copy travels through the retry exchange and comes back through the default
     exchange, so the routing key and exchange it was first published with ride along as
     `x-original-routing-key` and `x-original-exchange` (set once, on the first retry); the
     consumer restores them (see `original_route`).
     """
-    headers = dict(original_headers)
+    if drop:
+        headers = {k: v for k, v in original_headers.items() if k not in drop}
+    else:
+        headers = dict(original_headers)
     headers[RETRY_ATTEMPT] = failed_attempts
     if routing_key is not None and ORIGINAL_ROUTING_KEY not in headers:
         headers[ORIGINAL_ROUTING_KEY] = routing_key

@@ -242,13 +242,15 @@ def retry_properties(message: Message[Any]) -> MessageProperties:
     this delivery (`wire.BROKER_HEADERS`: a stale `x-delivery-count` would count deliveries
     the copy never had); the rest as `copy_properties`.
     """
-    # `wire.retry_headers` on the delivery's headers without the broker's, in one copy: a
-    # retry copy is built per failure, on the path of a failure storm.
-    headers = {k: v for k, v in message.headers.items() if k not in _BROKER_HEADERS}
-    headers[wire.RETRY_ATTEMPT] = message.attempt
-    if wire.ORIGINAL_ROUTING_KEY not in headers:
-        headers[wire.ORIGINAL_ROUTING_KEY] = message.routing_key
-        headers[wire.ORIGINAL_EXCHANGE] = message.exchange or ""
+    # The delivery's headers without the broker's, copied once: a retry copy is built per
+    # failure, on the path of a failure storm.
+    headers = wire.retry_headers(
+        message.headers,
+        message.attempt,
+        routing_key=message.routing_key,
+        exchange=message.exchange,
+        drop=_BROKER_HEADERS,
+    )
     return _copy_with_headers(message, headers)
 
 
