@@ -9,7 +9,7 @@ hand-written consumer, the dead-letter tools, start-up; then the charts. Results
 to `benchmarks/results/*.json`, charts to `docs/benchmarks/*.png`.
 
 Usage (from the repository root, after `pip install -e '.[bench]'`):
-    python -m benchmarks                 # full size: about 10-15 minutes on 2 CPUs
+    python -m benchmarks                 # full size: about an hour on 2 CPUs
     python -m benchmarks --quick         # smoke test: small N, one round, no charts, ~1 min
     python -m benchmarks --only throughput,retry --url amqp://guest:guest@127.0.0.1:5672/
 """
@@ -54,6 +54,16 @@ STANDALONE: dict[str, Callable[[Sequence[str] | None], int]] = {
     "dlq": dlq_tools.main,
     "startup": startup.main,
 }
+#: Their arguments in a full run, one list per call: sizes that keep the suite near an
+#: hour on 2 CPUs (the storm's 50,000 messages x 4 consumers, a DLQ of 1,000,000 listed once).
+FULL_ARGV: dict[str, list[list[str]]] = {
+    "storm": [["--rounds", "2", "--paced-messages", "2000"]],
+    "dlq": [
+        ["--only", "replay", "--rounds", "3", "--output", str(s.RESULTS / "dlq_replay.json")],
+        ["--only", "list", "--rounds", "1", "--output", str(s.RESULTS / "dlq_list.json")],
+    ],
+    "startup": [[]],
+}
 #: The benchmarks that need a RabbitMQ broker.
 RABBITMQ_BENCHMARKS = BENCHMARKS[:-1]
 #: The candidates of the uvloop pass: foxwork on uvloop against raw aio-pika on asyncio.
@@ -69,7 +79,7 @@ QUICK = {
     "redis": {"messages": 3_000, "rounds": 1, "warmup": 500},
 }
 #: `--quick` of the benchmarks run through their own `main(argv)`.
-QUICK_ARGV = {name: ["--quick"] for name in STANDALONE}
+QUICK_ARGV = {name: [["--quick"]] for name in STANDALONE}
 
 
 def defaults(
@@ -168,10 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             failures += [f"scaling {r['processes']}" for r in data.get("runs", []) if r["error"]]
         for name, run in STANDALONE.items():
             if name in chosen:
-                print()
-                argv = QUICK_ARGV[name] if args.quick else []
-                if run([*argv, "--url", broker.url]) != 0:
-                    failures.append(name)
+                for argv in QUICK_ARGV[name] if args.quick else FULL_ARGV[name]:
+                    print()
+                    if run([*argv, "--url", broker.url]) != 0:
+                        failures.append(name)
     print(f"\ndone in {time.monotonic() - began:.0f} s", end="")
     print(f"; FAILED: {', '.join(failures)}" if failures else "")
     return 1 if failures else 0
