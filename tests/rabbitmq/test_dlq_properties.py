@@ -104,7 +104,7 @@ BARE_INFO = info(
 
 #: The copies' properties, exactly: persistent, the failure's headers gone, no expiration
 #: nor cluster id; priority 0 when the dead letter had none.
-KEPT_HEADERS = {"x-tenant": "acme"}
+KEPT_HEADERS: dict[str, Any] = {"x-tenant": "acme"}
 FULL_COPY = Basic.Properties(
     content_type="application/json",
     content_encoding="gzip",
