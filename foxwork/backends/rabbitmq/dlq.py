@@ -29,13 +29,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection
 from types import TracebackType
 
 import aiormq
-from aio_pika import IncomingMessage
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractConnection,
-    AbstractIncomingMessage,
-    AbstractQueue,
-)
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 from aiolimiter import AsyncLimiter
 from aiormq.abc import DeliveredMessage
 
@@ -46,7 +40,7 @@ from ._io import TRANSPORT_ERRORS, mapped
 from .config import RabbitMQConsumerConfig
 from .connection import connect_first
 from .convert import connection_user
-from .replay import Replay
+from .replay import Replay, get_one
 
 logger = logging.getLogger("foxwork.dlq")
 
@@ -61,22 +55,28 @@ _BROWSE_WINDOW = 1_000
 _BROWSE_IDLE = 2.0
 
 
-def _describe(message: AbstractIncomingMessage, queue: str) -> DeadLetterInfo:
-    """What a dead letter on RabbitMQ says (see `foxwork.deadletter.describe`)."""
+def _describe(message: DeliveredMessage, queue: str) -> DeadLetterInfo:
+    """What a dead letter on RabbitMQ says (see `foxwork.deadletter.describe`).
+
+    Its properties are read as pamqp decoded them, the way aio-pika's `IncomingMessage`
+    reads them: an empty string is None, no priority is 0.
+    """
+    read = message.header.properties
+    timestamp = read.timestamp
     properties = {
-        "content_type": message.content_type,
-        "content_encoding": message.content_encoding,
-        "correlation_id": message.correlation_id,
-        "reply_to": message.reply_to,
-        "priority": message.priority,
-        "app_id": message.app_id,
-        "type": message.type,
-        "timestamp": message.timestamp.isoformat() if message.timestamp else None,
+        "content_type": read.content_type,
+        "content_encoding": read.content_encoding,
+        "correlation_id": read.correlation_id or None,
+        "reply_to": read.reply_to or None,
+        "priority": read.priority or 0,
+        "app_id": read.app_id or None,
+        "type": read.message_type or None,
+        "timestamp": timestamp.isoformat() if timestamp else None,
     }
     return describe(
         message.body,
-        message.headers or {},
-        message_id=message.message_id,
+        read.headers or {},
+        message_id=read.message_id or None,
         queue=queue,
         properties=properties,
     )
@@ -177,7 +177,7 @@ class DeadLetterQueue:
             finally:
                 await channel.close()
 
-    def _describe(self, message: AbstractIncomingMessage) -> DeadLetterInfo:
+    def _describe(self, message: DeliveredMessage) -> DeadLetterInfo:
         return _describe(message, self.queue)
 
     async def count(self) -> int:
@@ -203,7 +203,7 @@ class DeadLetterQueue:
 
     async def _fetch(
         self, channel: AbstractChannel, limit: int | None = None
-    ) -> AsyncGenerator[AbstractIncomingMessage]:
+    ) -> AsyncGenerator[DeliveredMessage]:
         """The dead letters there now, oldest first, left unacknowledged.
 
         One `basic.get` each, only when the caller asks for the next: nothing is checked
@@ -217,7 +217,7 @@ class DeadLetterQueue:
         # Only as many as were there when we looked: messages that a running pool adds
         # meanwhile are left alone, and requeued ones are not fetched twice.
         while fetched < wanted:
-            message = await queue.get(no_ack=False, fail=False)
+            message = await get_one(channel, queue)
             if message is None:
                 break
             fetched += 1
@@ -231,7 +231,7 @@ class DeadLetterQueue:
         count: int,
         *,
         window: int = _BROWSE_WINDOW,
-    ) -> AsyncGenerator[AbstractIncomingMessage]:
+    ) -> AsyncGenerator[DeliveredMessage]:
         """At most `count` dead letters from the head of the DLQ (after those `channel`
         holds already), oldest first, left unacknowledged.
 
@@ -266,13 +266,15 @@ class DeadLetterQueue:
 
     async def _window(
         self, channel: AbstractChannel, queue: AbstractQueue, size: int
-    ) -> collections.deque[AbstractIncomingMessage]:
+    ) -> collections.deque[DeliveredMessage]:
         """One window: up to `size` dead letters, fewer only when none is left ready; all
         received before it is handed on."""
-        arrived: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        arrived: asyncio.Queue[DeliveredMessage] = asyncio.Queue()
 
+        # aiormq's deliveries as they are: what a dead letter says is read from them
+        # once, by `_describe` (an aio-pika `IncomingMessage` each would cost more).
         async def deliver(message: DeliveredMessage) -> None:
-            arrived.put_nowait(IncomingMessage(message, no_ack=False))
+            arrived.put_nowait(message)
 
         # A per-consumer prefetch applies to consumers started after it is set.
         await channel.set_qos(prefetch_count=size)
@@ -282,7 +284,7 @@ class DeadLetterQueue:
         consuming = await underlay.basic_consume(queue.name, deliver, no_ack=False)
         tag = consuming.consumer_tag
         assert tag is not None
-        window: collections.deque[AbstractIncomingMessage] = collections.deque()
+        window: collections.deque[DeliveredMessage] = collections.deque()
         try:
             while len(window) < size:
                 message = await self._next(channel, arrived)
@@ -299,8 +301,8 @@ class DeadLetterQueue:
         return window
 
     async def _next(
-        self, channel: AbstractChannel, arrived: asyncio.Queue[AbstractIncomingMessage]
-    ) -> AbstractIncomingMessage | None:
+        self, channel: AbstractChannel, arrived: asyncio.Queue[DeliveredMessage]
+    ) -> DeliveredMessage | None:
         """The next delivery; None once the DLQ has none ready and none arrived."""
         if not arrived.empty():
             return arrived.get_nowait()
@@ -317,7 +319,7 @@ class DeadLetterQueue:
 
     async def _browse(
         self, channel: AbstractChannel, limit: int | None
-    ) -> AsyncGenerator[AbstractIncomingMessage]:
+    ) -> AsyncGenerator[DeliveredMessage]:
         """The dead letters there now (at most `limit`), oldest first, unacknowledged,
         a window at a time; counts those it could not read in `unread`."""
         queue = await self._existing_queue(channel)
@@ -382,7 +384,7 @@ class DeadLetterQueue:
             contextlib.aclosing(self._fetch(channel)) as messages,
         ):
             async for message in messages:
-                if (message.message_id or "") == message_id:
+                if (message.header.properties.message_id or "") == message_id:
                     return self._describe(message)
         return None
 

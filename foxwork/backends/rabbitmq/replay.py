@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractQueue
 from aiolimiter import AsyncLimiter
+from aiormq.abc import DeliveredMessage
 
 from ...deadletter import REPLAY_DROPPED_HEADERS, REPLAY_IDS_KEPT, ReplayResult
 from ...errors import ConnectionLost
@@ -78,7 +79,7 @@ class _Pending:
     """A dead letter read and not yet settled, in DLQ order: its copy to publish or in
     flight (`copy`), or left in place (`copy` is None)."""
 
-    message: AbstractIncomingMessage
+    message: DeliveredMessage
     letter: DeadLetterInfo
     copy: _Copy | None
 
@@ -146,7 +147,7 @@ class Replay:
         self._flying = 0
         #: Dead letters whose copies are confirmed, in DLQ order, not yet removed: the
         #: next `_remove_confirmed()` removes them with one `basic.ack` (`multiple` set).
-        self._removable: list[tuple[AbstractIncomingMessage, str]] = []
+        self._removable: list[tuple[DeliveredMessage, str]] = []
         #: Whether a `basic.ack` with `multiple` set removes only what it should: no
         #: dead letter the pass leaves in place has been read on its channel.
         self._multiple = False
@@ -263,7 +264,7 @@ class Replay:
                         self._unsettled.clear()
                     elif confirmed and letter.id:
                         # Its copy is confirmed already (and counted): only remove it now.
-                        await message.ack()
+                        await ack(message)
                         self._removed += 1
                         continue
                 if not self._chosen(letter) or self._dry_run:
@@ -296,7 +297,7 @@ class Replay:
 
     def _messages(
         self, browse: AbstractChannel, queue: AbstractQueue
-    ) -> AsyncGenerator[AbstractIncomingMessage]:
+    ) -> AsyncGenerator[DeliveredMessage]:
         """The dead letters left to read in this pass, from the head (the passed over
         included): one `basic.get` each with a rate limit (nothing read ahead of need),
         else a window at a time."""
@@ -306,7 +307,7 @@ class Replay:
             chosen_left = self._read_bound - self._replayed_count
             count = min(count, self._passed + len(self._unsettled) + chosen_left)
         if self._window == 1:
-            return _one_by_one(queue, count)
+            return _one_by_one(browse, queue, count)
         return self._dlq._stream(browse, queue, count)
 
     async def _settle_oldest(self) -> None:
@@ -343,7 +344,7 @@ class Replay:
                     # Should the channel be gone, the dead letter is back in the DLQ,
                     # right after the ones passed over, and the next pass removes it.
                     self._unsettled.appendleft((letter.id, True))
-                    await pending.message.ack()
+                    await ack(pending.message)
                     self._unsettled.popleft()
                     self._removed += 1
             else:
@@ -372,7 +373,7 @@ class Replay:
         # ones passed over, and the next pass removes them (their copies are confirmed).
         self._unsettled.extendleft((i, True) for _, i in reversed(self._removable))
         self._removable.clear()
-        await last.ack(multiple=True)
+        await ack(last, multiple=True)
         for _ in range(removed):
             self._unsettled.popleft()
         self._removed += removed
@@ -435,24 +436,26 @@ class Replay:
             self._publishing = publishing
         return publishing
 
-    def _outgoing(self, message: AbstractIncomingMessage, letter: DeadLetterInfo) -> Outgoing:
+    def _outgoing(self, message: DeliveredMessage, letter: DeadLetterInfo) -> Outgoing:
         """The copy of a dead letter: its body and properties (those aio-pika would send
-        for the same `aio_pika.Message`), persistent, without the failure's headers."""
+        for the same `aio_pika.Message`: an empty string is None, no priority is 0),
+        persistent, without the failure's headers."""
+        read = message.header.properties
         headers = {k: v for k, v in letter.headers.items() if k not in REPLAY_DROPPED_HEADERS}
         properties = aiormq.spec.Basic.Properties(
             headers=headers,
-            content_type=message.content_type,
-            content_encoding=message.content_encoding,
+            content_type=read.content_type,
+            content_encoding=read.content_encoding,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT.value,
-            priority=message.priority,
-            correlation_id=message.correlation_id,
-            reply_to=message.reply_to,
-            message_id=message.message_id or None,
-            timestamp=message.timestamp,
-            message_type=message.type,
-            app_id=message.app_id,
+            priority=read.priority or 0,
+            correlation_id=read.correlation_id or None,
+            reply_to=read.reply_to or None,
+            message_id=read.message_id or None,
+            timestamp=read.timestamp,
+            message_type=read.message_type or None,
+            app_id=read.app_id or None,
             # The broker refuses a copy naming another user than the one publishing it.
-            user_id=copyable_user_id(message.user_id, self._user),
+            user_id=copyable_user_id(read.user_id or None, self._user),
         )
         return letter.queue, message.body, properties
 
@@ -516,14 +519,34 @@ class Replay:
         return False
 
 
-async def _one_by_one(queue: AbstractQueue, count: int) -> AsyncGenerator[AbstractIncomingMessage]:
+async def _one_by_one(
+    browse: AbstractChannel, queue: AbstractQueue, count: int
+) -> AsyncGenerator[DeliveredMessage]:
     """At most `count` dead letters from the head, one `basic.get` each, only when asked
     for the next: nothing is checked out ahead of need."""
     for _ in range(count):
-        message = await queue.get(no_ack=False, fail=False)
+        message = await get_one(browse, queue)
         if message is None:
             return
         yield message
+
+
+async def ack(message: DeliveredMessage, *, multiple: bool = False) -> None:
+    """Remove a dead letter read unacknowledged (with `multiple`, every one its channel
+    read up to it as well)."""
+    tag = message.delivery_tag
+    assert tag is not None
+    await message.channel.basic_ack(tag, multiple=multiple)
+
+
+async def get_one(channel: AbstractChannel, queue: AbstractQueue) -> DeliveredMessage | None:
+    """The dead letter at the head of `queue`, left unacknowledged (one `basic.get`), or
+    None when there is none ready."""
+    underlay = await channel.get_underlay_channel()
+    message = await underlay.basic_get(queue.name, no_ack=False, timeout=5)
+    if isinstance(message.delivery, aiormq.spec.Basic.GetEmpty):
+        return None
+    return message
 
 
 async def _close_quietly(channel: AbstractChannel) -> None:
