@@ -16,7 +16,6 @@ import dataclasses
 import logging
 import random
 import struct
-import time
 from collections.abc import Awaitable
 from typing import Any, cast
 
@@ -46,7 +45,7 @@ from .publishing import (
     PublisherChannels,
     RefusedCopies,
 )
-from .topology import RETRY_QUEUE_REDECLARE_AFTER, Topology, vhost_of
+from .topology import Topology, vhost_of
 
 __all__ = ["RabbitMQBackend"]
 
@@ -84,9 +83,6 @@ class RabbitMQBackend(Backend):
         # The topology names of each queue (the config does not change), and the user the
         # connection logs in as: asked for every copy published.
         self._names: dict[str, QueueNames] = {}
-        # The retry queue of each (queue, delay tier) known to be declared, and since when:
-        # a retry copy asks the topology only when the tier is new or due for a refresh.
-        self._tiers: dict[tuple[str, int], tuple[str, float]] = {}
         self._user = connection_user("")
         self._refused_copies = RefusedCopies()
         # Exchanges known to exist (see `_check_exchange`), and the publishes waiting for
@@ -173,7 +169,6 @@ class RabbitMQBackend(Backend):
         self._topology_channel = None
         self._depth_channel = None
         self.topology.forget()
-        self._tiers.clear()
         connection.close_callbacks.add(self._on_connection_closed)
         logger.info("connected to %s", redact_url(url))
 
@@ -266,7 +261,6 @@ class RabbitMQBackend(Backend):
         return raw
 
     async def declare(self, queue: str) -> None:
-        self._forget_tiers(queue)  # as the topology does: declared again on the next retry
         raw = await self._raw_topology_channel()
         try:
             async with mapped(f"declaring the topology of {queue!r}"):
@@ -512,11 +506,6 @@ class RabbitMQBackend(Backend):
             raise
         self._refused_copies.confirmed(message.id)
 
-    def _forget_tiers(self, queue: str) -> None:
-        if self._tiers:
-            for key in [key for key in self._tiers if key[0] == queue]:
-                del self._tiers[key]
-
     def _names_of(self, queue: str) -> QueueNames:
         names = self._names.get(queue)
         if names is None:
@@ -542,23 +531,20 @@ class RabbitMQBackend(Backend):
         if not self.config.enable_delayed_retry:
             await self._publish("", message.queue, message.body, properties)
             return
-        key = (message.queue, wire.delay_tier_ms(delay))
+        delay_ms = wire.delay_tier_ms(delay)
         try:
-            known = self._tiers.get(key)
-            if known is not None and time.monotonic() - known[1] < RETRY_QUEUE_REDECLARE_AFTER:
-                tier = known[0]
-            else:
+            # A declared tier is known without a coroutine; a new one is declared.
+            tier = self.topology.declared_retry_queue(names, delay_ms)
+            if tier is None:
                 raw = await self._raw_topology_channel()
                 async with mapped(f"declaring the retry queue of {message.queue!r}"):
-                    tier = await self.topology.retry_queue(raw, names, key[1])
-                self._tiers[key] = (tier, time.monotonic())
+                    tier = await self.topology.retry_queue(raw, names, delay_ms)
             await self._publish(names.retry_exchange, tier, message.body, properties)
         except BackendError as exc:
             # Something was deleted under us, or the channel died: declare it all again
             # next time (a closed topology channel is replaced when next used; an open one
             # is kept, not dropped, or it would leak one channel per failed retry).
             self.topology.forget(message.queue)
-            self._forget_tiers(message.queue)
             if isinstance(exc, PublishNotConfirmed):
                 raise
             raise PublishNotConfirmed(f"retry copy of {message.id} not published: {exc}") from exc

@@ -261,18 +261,27 @@ class Topology:
         else:
             await self._queue(channel, step.name, dict(step.arguments), main=step.main)
 
+    def declared_retry_queue(self, names: QueueNames, delay_ms: int) -> str | None:
+        """The retry queue of a delay tier if it is declared and not due for a refresh (no
+        await: a retry copy asks this first), else None (`retry_queue` declares it)."""
+        declared = self._tiers.get((names.queue, delay_ms))
+        if declared is not None and time.monotonic() - declared < RETRY_QUEUE_REDECLARE_AFTER:
+            return names.retry_queue(delay_ms)
+        return None
+
     async def retry_queue(self, channel: AbstractChannel, names: QueueNames, delay_ms: int) -> str:
         """Make sure the retry queue of a delay tier exists and is bound; returns its name.
 
         One queue per tier, each with a queue-level TTL, so a short delay never waits behind
         a long one (per-message TTL only expires at the head of a queue).
         """
+        known = self.declared_retry_queue(names, delay_ms)
+        if known is not None:
+            return known
         key = (names.queue, delay_ms)
         name = names.retry_queue(delay_ms)
         declared = self._tiers.get(key)
         now = time.monotonic()
-        if declared is not None and now - declared < RETRY_QUEUE_REDECLARE_AFTER:
-            return name
         pending = self._declaring.get(key)
         if pending is not None:
             # One declare per tier at a time: a burst of failures waits for the first one
