@@ -26,7 +26,7 @@ from foxwork.middleware import AckNackMiddleware, Middleware, RetryMiddleware
 from tests.harness.pytest_plugin import mark_folder
 from tests.harness.rabbitmq import RabbitMQNode
 
-from .support import RabbitProbe, delete_topology
+from .support import Queues, RabbitProbe, delete_topology
 
 #: Seconds a pool gets to drain at teardown.
 TEARDOWN_SHUTDOWN_TIMEOUT = 5.0
@@ -63,6 +63,16 @@ async def probe(rabbitmq_url: str, request: pytest.FixtureRequest) -> AsyncItera
     await probe.connect()
     yield probe
     await probe.close()
+
+
+@pytest.fixture
+async def queues(rabbitmq_url: str, queue_name: str, probe: RabbitProbe) -> AsyncIterator[Queues]:
+    """A plain work queue and its DLQ `{queue}-dlq`, deleted afterwards."""
+    queues = Queues(rabbitmq_url, queue_name, f"{queue_name}-dlq")
+    await probe.declare_plain_queue(queues.queue)
+    await probe.declare_plain_queue(queues.dlq)
+    yield queues
+    await probe.delete_queues(queues.queue, queues.dlq)
 
 
 @pytest.fixture

@@ -6,13 +6,15 @@
 - `Received`, `Recorder`, `fail_while` (tests/support/recording.py) and `wait_until`
   (tests/support/waiting.py), shared with every suite, are importable from here too.
 - `dead_letter`, `put_dead_letters`: dead letters as foxwork writes them, put straight into
-  a DLQ; `max_message_size`: make the broker refuse large messages for a while.
+  a DLQ (`Queues`, the `queues` fixture: a work queue and its DLQ, declared plain);
+  `max_message_size`: make the broker refuse large messages for a while.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
@@ -74,6 +76,16 @@ def _received(message: AbstractIncomingMessage) -> Received:
         exchange=message.exchange,
         redelivered=bool(message.redelivered),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Queues:
+    """A work queue (declared by someone else, no pool consuming it) and its DLQ: the
+    `queues` fixture."""
+
+    url: str
+    queue: str
+    dlq: str
 
 
 class RabbitProbe:

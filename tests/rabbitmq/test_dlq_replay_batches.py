@@ -6,8 +6,6 @@ confirmed."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -15,23 +13,7 @@ from foxwork.backends.rabbitmq import dlq as dlq_module
 from foxwork.backends.rabbitmq import replay as replay_module
 from foxwork.backends.rabbitmq.dlq import DeadLetterQueue
 
-from .support import RabbitProbe, dead_letter, put_dead_letters
-
-
-@dataclasses.dataclass(frozen=True)
-class Queues:
-    url: str
-    queue: str
-    dlq: str
-
-
-@pytest.fixture
-async def queues(rabbitmq_url: str, queue_name: str, probe: RabbitProbe) -> AsyncIterator[Queues]:
-    queues = Queues(rabbitmq_url, queue_name, f"{queue_name}-dlq")
-    await probe.declare_plain_queue(queues.queue)
-    await probe.declare_plain_queue(queues.dlq)
-    yield queues
-    await probe.delete_queues(queues.queue, queues.dlq)
+from .support import Queues, RabbitProbe, dead_letter, put_dead_letters
 
 
 @pytest.fixture

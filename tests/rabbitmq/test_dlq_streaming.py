@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -21,6 +19,7 @@ from tests.harness.rabbitmq import RabbitMQNode
 from .conftest import UserFactory
 from .support import (
     SMALL_MAX_MESSAGE_SIZE,
+    Queues,
     RabbitProbe,
     dead_letter,
     max_message_size,
@@ -29,24 +28,6 @@ from .support import (
 
 #: Dead letters in the large DLQ: far more than any of the operations below needs to read.
 DEAD_LETTERS = 300
-
-
-@dataclasses.dataclass(frozen=True)
-class Queues:
-    """A work queue (declared by someone else, no pool consuming it) and its DLQ."""
-
-    url: str
-    queue: str
-    dlq: str
-
-
-@pytest.fixture
-async def queues(rabbitmq_url: str, queue_name: str, probe: RabbitProbe) -> AsyncIterator[Queues]:
-    queues = Queues(rabbitmq_url, queue_name, f"{queue_name}-dlq")
-    await probe.declare_plain_queue(queues.queue)
-    await probe.declare_plain_queue(queues.dlq)
-    yield queues
-    await probe.delete_queues(queues.queue, queues.dlq)
 
 
 @pytest.fixture
