@@ -13,7 +13,7 @@ from foxwork.backends.rabbitmq import RabbitMQBackend
 from foxwork.middleware import AckNackMiddleware, RetryMiddleware
 
 from .conftest import BackendFactory, PoolStarter
-from .support import RabbitProbe, Recorder
+from .support import RabbitProbe, Received, Recorder
 
 
 async def test_a_published_message_is_confirmed_and_consumed_as_sent(
@@ -120,6 +120,30 @@ class Transform(Worker[Any]):
         )
 
 
+async def dead_letter_after_three_attempts(
+    backend: RabbitMQBackend,
+    start_pool: PoolStarter,
+    probe: RabbitProbe,
+    queue_name: str,
+    worker: Transform,
+) -> Received:
+    """Publish one inbound message `in-1`, consume it with three attempts, and return its
+    dead letter once it reached the DLQ."""
+    await Publisher(backend).publish({"n": 1}, routing_key=queue_name, message_id="in-1")
+    await start_pool(
+        backend,
+        worker,
+        middleware=[
+            AckNackMiddleware(),
+            RetryMiddleware(max_attempts=3, initial_backoff=0.05, jitter=0.0),
+        ],
+    )
+    dlq = f"{queue_name}-dlq"
+    await probe.wait_for_ready(dlq, 1)
+    [dead] = await probe.take(dlq)
+    return dead
+
+
 async def test_a_handler_publishes_downstream_before_its_message_is_acked(
     make_backend: BackendFactory,
     start_pool: PoolStarter,
@@ -152,23 +176,12 @@ async def test_a_refused_downstream_publish_leaves_the_inbound_message_retried_n
     # Given a handler whose downstream publish goes to an exchange that does not exist
     await backend.declare(queue_name)
     worker = Transform("out", exchange="no-such-exchange")
-    await Publisher(backend).publish({"n": 1}, routing_key=queue_name, message_id="in-1")
 
-    # When the pool consumes it, with three attempts
-    await start_pool(
-        backend,
-        worker,
-        middleware=[
-            AckNackMiddleware(),
-            RetryMiddleware(max_attempts=3, initial_backoff=0.05, jitter=0.0),
-        ],
-    )
+    # When the pool consumes a message, with three attempts
+    dead = await dead_letter_after_three_attempts(backend, start_pool, probe, queue_name, worker)
 
     # Then every attempt failed and was retried, and the message ends in the DLQ, not acked
-    dlq = f"{queue_name}-dlq"
-    await probe.wait_for_ready(dlq, 1)
     assert worker.attempts == [1, 2, 3]
-    [dead] = await probe.take(dlq)
     assert dead.message_id == "in-1"
     assert "no-such-exchange" in dead.headers["x-failure-reason"]
     assert await asyncio.wait_for(probe.ready(queue_name), 5) == 0
@@ -189,24 +202,14 @@ async def test_a_downstream_publish_the_broker_nacks_leaves_the_inbound_message_
     )
     worker = Transform(downstream)
     try:
-        await Publisher(backend).publish({"n": 1}, routing_key=queue_name, message_id="in-1")
-
-        # When the pool consumes the inbound message, with three attempts
-        await start_pool(
-            backend,
-            worker,
-            middleware=[
-                AckNackMiddleware(),
-                RetryMiddleware(max_attempts=3, initial_backoff=0.05, jitter=0.0),
-            ],
+        # When the pool consumes an inbound message, with three attempts
+        dead = await dead_letter_after_three_attempts(
+            backend, start_pool, probe, queue_name, worker
         )
 
         # Then no attempt was acked: each was retried after its nacked downstream publish,
         # and the last dead-lettered with the reason; nothing reached the downstream queue
-        dlq = f"{queue_name}-dlq"
-        await probe.wait_for_ready(dlq, 1)
         assert worker.attempts == [1, 2, 3]
-        [dead] = await probe.take(dlq)
         assert dead.message_id == "in-1"
         assert "nack" in dead.headers["x-failure-reason"].lower()
         assert await probe.ready(downstream) == 0
