@@ -389,10 +389,9 @@ class RabbitMQBackend(Backend):
         the whole connection). So the first publish to an exchange asks for it first, with
         a passive declare on a channel of its own; an exchange found is remembered. While
         publishes wait for a check, every publish queues behind them (in order, they reach
-        the broker in the order they were started).
+        the broker in the order they were started): `_publish` calls this only then, or for
+        an exchange not known yet.
         """
-        if not self._exchange_checks.queued and (not exchange or exchange in self._exchanges):
-            return
         async with self._exchange_checks.turn():
             if not exchange or exchange in self._exchanges:
                 return
